@@ -1,0 +1,44 @@
+"""From domain XML bytes to a serial decision and the XML that carries it.
+
+The single entry point the CLI, the hook handler, the proxy and the reconciler
+share: parse (hardened), read the facts, decide with the policy, and rewrite only
+when the decision says so. It holds no state and does no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from hookd import domainxml, sysinfoxml
+from hookd.model import DomainFacts
+from hookd.policy import VERDICT_REWRITE, PolicyConfig, SerialDecision, decide_serial
+from hookd.xmlsafe import serialize
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    facts: DomainFacts
+    decision: SerialDecision
+    xml: Optional[bytes]       # the rewritten document; None when nothing changes
+
+    @property
+    def changed(self) -> bool:
+        return self.xml is not None
+
+
+def evaluate(data: bytes, policy: PolicyConfig, *, rewrite: bool = True,
+             what: str = "domain XML") -> Evaluation:
+    """Decide the serial for one domain document and, if asked, rewrite it.
+
+    Raises hookd.errors.XmlError for anything it refuses to read.
+    """
+    root, facts = domainxml.read_domain(data, what=what)
+    decision = decide_serial(facts, policy)
+    out = None
+    if rewrite and decision.verdict == VERDICT_REWRITE:
+        sysinfoxml.set_system_serial(root, decision.serial_policy,
+                                     chassis_serial=decision.chassis_serial,
+                                     set_smbios_mode=decision.set_smbios_mode)
+        out = serialize(root, data)
+    return Evaluation(facts=facts, decision=decision, xml=out)
