@@ -91,6 +91,180 @@ def cmd_check_config(args) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------ install-hook
+
+SHIM_NAME = "50-hookd"
+#: Where the packages put the shim template; a source checkout uses hooks/qemu.
+SHIM_TEMPLATE_PATHS = (
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hooks", "qemu"),
+    "/usr/share/hookd/qemu-hook",
+)
+SHIM_PYTHON = "/usr/bin/python3"
+
+
+def render_shim(template: str, *, socket_path: str, timeout: float, on_unreachable: str,
+                python: str = SHIM_PYTHON) -> str:
+    import shlex
+    if not socket_path.startswith("/") or any(c in socket_path for c in "\n\0"):
+        raise CliError(f"--socket must be an absolute path, got {socket_path!r}")
+    if not 0.1 <= timeout <= 300:
+        raise CliError(f"--timeout must be between 0.1 and 300 seconds, got {timeout:g}")
+    out = (template.replace("@PYTHON@", shlex.quote(python))
+           .replace("@SOCKET@", repr(socket_path))
+           .replace("@TIMEOUT@", repr(float(timeout)))
+           .replace("@ON_UNREACHABLE@", repr(on_unreachable)))
+    if "@" + "SOCKET@" in out or "@PYTHON@" in out:
+        raise CliError("shim template has unreplaced placeholders")
+    return out
+
+
+def cmd_install_hook(args) -> int:
+    template = None
+    for path in SHIM_TEMPLATE_PATHS:
+        try:
+            with open(path, encoding="utf-8") as f:
+                template = f.read()
+            break
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise CliError(f"cannot read the shim template {path}: {err.strerror}") from err
+    if template is None:
+        raise CliError(f"shim template not found (looked in {', '.join(SHIM_TEMPLATE_PATHS)})")
+    text = render_shim(template, socket_path=args.socket, timeout=args.timeout,
+                       on_unreachable=args.on_unreachable)
+    if not os.path.isdir(args.dir):
+        raise CliError(f"{args.dir} is not a directory")
+    if os.path.basename(os.path.normpath(args.dir)) == "hooks" and args.name == "qemu":
+        raise CliError("refusing to write /etc/libvirt/hooks/qemu: it belongs to the admin; use qemu.d/")
+    target = os.path.join(args.dir, args.name)
+    tmp = os.path.join(args.dir, f".{args.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)      # atomic: libvirt never runs a half-written hook
+    except OSError as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise CliError(f"cannot write {target}: {err.strerror}") from err
+    print(f"installed {target} (socket {args.socket}, timeout {args.timeout:g}s, "
+          f"on_unreachable {args.on_unreachable}); libvirtd sees a new hook file only after "
+          f"a restart or SIGHUP")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- audit
+
+AUDIT_TABLE = ("time", "operation", "domain", "instance_uuid", "serial_seen", "serial_wanted",
+               "verdict", "action", "rule")
+
+
+def parse_since(text: str) -> str:
+    import datetime as dt
+    import re
+    m = re.fullmatch(r"(\d+)\s*([smhd])", text.strip())
+    if m:
+        seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)
+    else:
+        try:
+            when = dt.datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise CliError(f"--since {text!r}: expected an ISO time (2024-05-01T10:00) or an age (30m, 12h, 7d)") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def cmd_audit(args) -> int:
+    from hookd import audit
+    from hookd.model import canonical_uuid
+    state_dir = args.state_dir or _load_config(args).daemon.state_dir
+    instance = None
+    if args.instance:
+        instance = canonical_uuid(args.instance)
+        if instance is None:
+            raise CliError(f"--instance {args.instance!r} is not a UUID")
+    rows = audit.query(state_dir, instance=instance, since=parse_since(args.since) if args.since else None,
+                       operation=args.operation)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif args.csv:
+        import csv
+        w = csv.DictWriter(sys.stdout, fieldnames=list(audit.iter_columns()))
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        table = [[str(r.get(c) if r.get(c) is not None else "-") for c in AUDIT_TABLE] for r in rows]
+        widths = [max([len(c)] + [len(row[i]) for row in table]) for i, c in enumerate(AUDIT_TABLE)]
+        print("  ".join(c.ljust(w) for c, w in zip(AUDIT_TABLE, widths)).rstrip())
+        for row in table:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------- status
+
+def ask_daemon(socket_path: str, message: dict, timeout: float = 5.0) -> dict:
+    import socket
+    import time
+    from hookd import wire
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(socket_path)
+            s.sendall(wire.encode(message))
+            buf = b""
+            need = wire.HEADER.size
+            while len(buf) < need:
+                s.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise CliError(f"hookd at {socket_path} closed the connection without answering")
+                buf += chunk
+                if need == wire.HEADER.size and len(buf) >= need:
+                    need += wire.HEADER.unpack_from(buf)[0]
+            return wire.decode(buf[:need])
+    except OSError as err:
+        raise CliError(f"hookd is not reachable at {socket_path}: {err.strerror or err}") from err
+
+
+def cmd_status(args) -> int:
+    sock = args.socket or _load_config(args).daemon.socket
+    st = ask_daemon(sock, {"v": 1, "op": "status"})
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+        return EXIT_OK
+    cfg = st.get("config", {})
+    print(f"hookd {st.get('version')} running (pid {st.get('pid')}, up {st.get('uptime_s')} s)")
+    print(f"config      {', '.join(cfg.get('sources', []))}: mode {cfg.get('mode')}, {cfg.get('rules')} rules, "
+          f"on_mismatch {cfg.get('on_mismatch')}; {st.get('reloads')} reloads, {st.get('reload_failures')} rejected")
+    if st.get("last_reload_error"):
+        print(f"last reload rejected: {st['last_reload_error']}")
+    counters = st.get("counters", {})
+    print("hook        " + (", ".join(f"{k} {v}" for k, v in sorted(counters.items())) or "no requests yet"))
+    a = st.get("audit", {})
+    print(f"audit       {a.get('path')}: {a.get('written')} rows written, {a.get('pending')} pending"
+          + (f", FAILING: {a['failing']}" if a.get("failing") else ""))
+    proxy = st.get("proxy")
+    if proxy is not None:
+        print(f"proxy       {proxy.get('clients_connected')} clients connected, "
+              f"{proxy.get('definitions_rewritten')} of {proxy.get('definitions_seen')} definitions rewritten, "
+              f"{proxy.get('clients_refused')} refused, {proxy.get('errors')} errors")
+    ev = st.get("events")
+    if ev is not None:
+        print(f"libvirt     {'connected' if ev.get('connected') else 'DISCONNECTED'} to {ev.get('uri')}; "
+              f"{ev.get('reconnects')} reconnects, {ev.get('events')} events")
+    rec = st.get("reconcile")
+    if rec is not None:
+        print(f"reconcile   {rec.get('sweeps')} sweeps, {rec.get('fixed')} definitions fixed")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------ parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,13 +299,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("check-config", cmd_check_config, "validate the configuration; exits 1 with file:line: reason")
     config_opt(sp)
 
-    for extra in _EXTRA_COMMANDS:
-        extra(sub, add, config_opt)
+    sp = add("install-hook", cmd_install_hook,
+             "write the qemu hook shim into DIR (normally /etc/libvirt/hooks/qemu.d)")
+    sp.add_argument("--socket", default="/run/hookd/hookd.sock", metavar="PATH",
+                    help="hookd's hook socket, built into the shim (default /run/hookd/hookd.sock)")
+    sp.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                    help="seconds the shim waits for hookd before on-unreachable applies (default 5)")
+    sp.add_argument("--on-unreachable", choices=("allow", "deny"), default="allow",
+                    help="start the guest unchecked (allow, default) or refuse it (deny) when hookd does not answer")
+    sp.add_argument("--name", default=SHIM_NAME, help=f"file name in DIR (default {SHIM_NAME})")
+    sp.add_argument("dir", metavar="DIR", help="directory libvirt runs qemu hooks from")
+
+    sp = add("audit", cmd_audit, "show the audit log (works without the daemon)")
+    sp.add_argument("--instance", metavar="UUID", help="only this instance")
+    sp.add_argument("--since", metavar="TIME", help="ISO time or age (30m, 12h, 7d)")
+    sp.add_argument("--operation", metavar="OP", help="only this operation (prepare, define, started, ...)")
+    fmt = sp.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON")
+    fmt.add_argument("--csv", action="store_true", help="print CSV (licence-compliance reports)")
+    sp.add_argument("--state-dir", metavar="DIR", help="state directory (default: [hookd] state_dir)")
+    config_opt(sp)
+
+    sp = add("status", cmd_status, "ask the running daemon how it is; exits 1 when it is down")
+    sp.add_argument("--socket", metavar="PATH", help="hook socket (default: [hookd] socket)")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    config_opt(sp)
     return p
-
-
-#: Other modules register subcommands here (install-hook, audit, status, ...).
-_EXTRA_COMMANDS = []
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -69,6 +69,10 @@ def _text(el) -> Optional[str]:
     return el.text.strip() or None
 
 
+def _raw_text(el) -> Optional[str]:
+    return el.text if el is not None and el.text else None
+
+
 def _named_values(block, path, nsmap) -> Dict[str, str]:
     values = {}
     for el in block.iterfind(path, nsmap):
@@ -102,7 +106,8 @@ def _read_block(block, nsmap, version, count) -> NovaInstance:
         ns_version=version,
         block_count=count,
         package_version=package.get("version") if package is not None else None,
-        name=_text(block.find(PATH_NAME, nsmap)),
+        # Verbatim: the tenant's name goes through serial validation as written.
+        name=_raw_text(block.find(PATH_NAME, nsmap)),
         creation_time=_text(block.find(PATH_CREATION_TIME, nsmap)),
         flavor_name=flavor.get("name") if flavor is not None else None,
         flavor_id=flavor.get("id") if flavor is not None else None,

@@ -1,0 +1,273 @@
+"""`hookd`: the long-running daemon on each hypervisor.
+
+Owns start-up and shutdown, the one asyncio event loop, configuration reloads
+(SIGHUP and inotify on the config directory; an invalid config is refused and the
+last good one stays), systemd integration (READY/STATUS/WATCHDOG, socket
+activation, the journal) and the wiring of its parts: the hook socket
+(hookd.server + hookd.hookhandler), the libvirt proxy (hookd.proxy) and the audit
+log. It holds no policy logic itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+import warnings
+from typing import Optional
+
+from hookd import __version__
+from hookd.audit import AuditLog
+from hookd.config import DEFAULT_CONFIG, Config, load_config
+from hookd.errors import HookdError
+from hookd.hookhandler import HookHandler
+from hookd.server import HookServer
+
+log = logging.getLogger("hookd")
+
+#: Coalesce the burst of inotify events one editor save produces into one reload.
+RELOAD_DEBOUNCE_S = 0.2
+SHUTDOWN_GRACE_S = 10.0
+#: systemd socket-activation names (FileDescriptorName=) for the two sockets.
+FD_NAME_HOOK = "hook"
+FD_NAME_PROXY = "proxy"
+
+
+def _under_systemd() -> bool:
+    return bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
+
+
+def setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler: logging.Handler
+    if _under_systemd():
+        try:
+            from systemd.journal import JournalHandler
+            handler = JournalHandler(SYSLOG_IDENTIFIER="hookd")
+            handler.setFormatter(logging.Formatter("%(message)s"))
+        except ImportError:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("hookd: %(levelname)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s hookd[%(process)d] %(levelname)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def _notify(message: str) -> None:
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return
+    try:
+        from systemd import daemon as sd
+        sd.notify(message)
+    except ImportError:
+        pass
+
+
+def _inherited_fds() -> dict:
+    """Sockets passed by systemd socket activation, by FileDescriptorName."""
+    if not os.environ.get("LISTEN_FDS"):
+        return {}
+    try:
+        from systemd import daemon as sd
+    except ImportError:
+        return {}
+    names = {}
+    if hasattr(sd, "listen_fds_with_names"):
+        names = sd.listen_fds_with_names(unset_environment=True) or {}
+        fds = {}
+        for fd, name in names.items():
+            fds[name if name in (FD_NAME_HOOK, FD_NAME_PROXY) else (FD_NAME_HOOK if not fds else FD_NAME_PROXY)] = fd
+        return fds
+    fds = sd.listen_fds(unset_environment=True)
+    return dict(zip((FD_NAME_HOOK, FD_NAME_PROXY), fds))
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Optional[str]):
+        self.config = config
+        self.config_path = config_path
+        self.started = time.time()
+        self.reloads = 0
+        self.reload_failures = 0
+        self.last_reload_error: Optional[str] = None
+        self._stop = asyncio.Event()
+        self._reload_handle: Optional[asyncio.TimerHandle] = None
+        self._notifier = None
+        self.audit: Optional[AuditLog] = None
+        self.handler: Optional[HookHandler] = None
+        self.server: Optional[HookServer] = None
+        self.proxy = None
+
+    # ------------------------------------------------------------- lifecycle
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        d = self.config.daemon
+        self.audit = AuditLog(d.state_dir)
+        self.handler = HookHandler(lambda: self.config, self.audit)
+        fds = _inherited_fds()
+        self.server = HookServer(d.socket, self.handler.handle, listen_fd=fds.get(FD_NAME_HOOK),
+                                 status=self.status)
+        await self.server.start()
+        if d.proxy_socket:
+            await self._start_proxy(fds.get(FD_NAME_PROXY))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.schedule_reload, "SIGHUP")
+        self._watch_config(loop)
+        watchdog = asyncio.create_task(self._watchdog()) if os.environ.get("WATCHDOG_USEC") else None
+        log.info("hookd %s serving hooks on %s%s; policy mode %s, %d rules, on_mismatch %s",
+                 __version__, d.socket, f", libvirt proxy on {d.proxy_socket}" if self.proxy else "",
+                 self.config.policy.mode, len(self.config.policy.rules), self.config.on_mismatch)
+        _notify("READY=1")
+        self._notify_status()
+        await self._stop.wait()
+        _notify("STOPPING=1")
+        log.info("stopping: no new connections; finishing %d in-flight requests", self.server.in_flight)
+        self.server.stop_accepting()
+        if self.proxy is not None:
+            await self.proxy.close()
+        await self.server.drain(SHUTDOWN_GRACE_S)
+        if watchdog is not None:
+            watchdog.cancel()
+        if self._notifier is not None:
+            self._notifier.stop()
+        self.audit.close()
+        log.info("stopped")
+        return 0
+
+    async def _start_proxy(self, fd: Optional[int]) -> None:
+        from hookd.config import resolve_group
+        from hookd.proxy import LibvirtProxy
+        from hookd.proxyhandler import DefinitionRewriter
+        d = self.config.daemon
+        rewriter = DefinitionRewriter(lambda: self.config, self.audit)
+        self.proxy = LibvirtProxy(listen_path=d.proxy_socket, upstream_path=d.libvirt_socket,
+                                  rewrite=rewriter.rewrite, on_error=rewriter.on_error,
+                                  allowed_gid=resolve_group(d.proxy_group), listen_fd=fd)
+        await self.proxy.start()
+
+    async def _watchdog(self) -> None:
+        interval = int(os.environ["WATCHDOG_USEC"]) / 1e6 / 2
+        while True:
+            _notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # ---------------------------------------------------------------- status
+    def status(self) -> dict:
+        c = self.config
+        proxy = dict(self.proxy.stats) if self.proxy is not None else None
+        return {
+            "v": 1, "version": __version__, "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "config": {"sources": list(c.sources), "mode": c.policy.mode, "rules": len(c.policy.rules),
+                       "on_mismatch": c.on_mismatch, "non_nova": c.policy.non_nova},
+            "reloads": self.reloads, "reload_failures": self.reload_failures,
+            "last_reload_error": self.last_reload_error,
+            "counters": dict(self.handler.counters),
+            "hook_requests": self.server.served, "hook_refused": self.server.refused,
+            "audit": {"path": self.audit.path, "written": self.audit.written, "pending": self.audit.pending,
+                      "failing": self.audit.failing, "dropped": self.audit.dropped},
+            "proxy": proxy,
+        }
+
+    def _notify_status(self) -> None:
+        counters = self.handler.counters
+        _notify("STATUS=" + f"mode {self.config.policy.mode}; {self.server.served} hook requests; "
+                f"{counters.get('rewrite', 0)} out of policy, {counters.get('denied', 0)} denied"
+                + (f"; {self.proxy.stats.get('definitions_rewritten', 0)} definitions rewritten"
+                   if self.proxy is not None else ""))
+
+    # ---------------------------------------------------------------- reload
+    def schedule_reload(self, why: str) -> None:
+        if self._reload_handle is not None:
+            self._reload_handle.cancel()
+        self._reload_handle = asyncio.get_running_loop().call_later(RELOAD_DEBOUNCE_S, self.reload, why)
+
+    def reload(self, why: str) -> bool:
+        self._reload_handle = None
+        _notify("RELOADING=1")
+        try:
+            new = load_config(self.config_path)
+        except HookdError as err:
+            self.reload_failures += 1
+            self.last_reload_error = str(err)
+            log.error("configuration reload (%s) rejected: %s; the previous configuration stays in force",
+                      why, err)
+            _notify("READY=1")
+            return False
+        if new.daemon != self.config.daemon:
+            log.warning("configuration reload (%s): [hookd] changes take effect at the next restart", why)
+            new = Config(policy=new.policy, daemon=self.config.daemon, on_mismatch=new.on_mismatch,
+                         reconcile_enabled=new.reconcile_enabled, reconcile_interval=new.reconcile_interval,
+                         sources=new.sources)
+        self.config = new
+        self.reloads += 1
+        self.last_reload_error = None
+        log.info("configuration reloaded (%s) from %s: mode %s, %d rules, on_mismatch %s", why,
+                 ", ".join(new.sources), new.policy.mode, len(new.policy.rules), new.on_mismatch)
+        _notify("READY=1")
+        self._notify_status()
+        return True
+
+    def _watch_config(self, loop) -> None:
+        directory = os.path.dirname(self.config_path or DEFAULT_CONFIG)
+        if not os.path.isdir(directory):
+            log.info("config directory %s does not exist; changes are picked up on SIGHUP only", directory)
+            return
+        with warnings.catch_warnings():
+            # pyinotify imports asyncore, deprecated since Python 3.6.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import pyinotify
+        mask = (pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO | pyinotify.IN_MOVED_FROM
+                | pyinotify.IN_DELETE | pyinotify.IN_CREATE)
+        wm = pyinotify.WatchManager()
+
+        def changed(event) -> None:
+            if event.name.endswith(".conf") or event.dir:
+                self.schedule_reload(f"{event.maskname} {event.pathname}")
+
+        self._notifier = pyinotify.AsyncioNotifier(wm, loop, default_proc_fun=changed)
+        wm.add_watch(directory, mask, rec=True, auto_add=True, quiet=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hookd",
+        description="hookd daemon: gives each Nova guest a per-instance SMBIOS system serial. "
+                    "Runs in the foreground; serves the qemu hook socket and, if configured, "
+                    "a libvirt socket that sets the serial in every definition.")
+    p.add_argument("--version", action="version", version=f"hookd {__version__}")
+    p.add_argument("--config", metavar="FILE",
+                   help=f"configuration file (default {DEFAULT_CONFIG}, plus conf.d/*.conf beside it)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except HookdError as err:
+        print(f"hookd: error: {err}", file=sys.stderr)
+        return 1
+    setup_logging(config.daemon.log_level)
+    try:
+        return asyncio.run(Daemon(config, args.config).run())
+    except HookdError as err:
+        log.error("%s", err)
+        log.debug("details", exc_info=True)
+        print(f"hookd: error: {err}", file=sys.stderr) if _under_systemd() else None
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

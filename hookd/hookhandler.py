@@ -1,0 +1,129 @@
+"""What the daemon answers to each qemu hook call.
+
+Owns boot-time verification: `prepare begin` is checked against the policy (allow,
+warn or deny), `migrate begin` and `restore begin` are recorded and passed through
+unchanged (libvirt's ABI check rejects any serial change there), and a `prepare`
+that follows one of those for the same instance is never refused, only recorded as
+drift. Every call leaves one audit row. It never calls libvirt: the hook that asked
+holds the domain's lock until it gets an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Callable, Dict, Optional, Tuple
+
+from hookd.audit import AuditLog
+from hookd.config import Config
+from hookd.engine import Evaluation, evaluate
+from hookd.errors import HookdError
+from hookd.policy import VERDICT_REWRITE
+from hookd.wire import PROTOCOL_VERSION
+
+log = logging.getLogger("hookd.hook")
+
+HOOK_OPS = frozenset({"prepare", "migrate", "restore"})
+INCOMING_OPS = frozenset({"migrate", "restore"})
+#: How long a migrate/restore begin marks the instance's next prepare as incoming.
+#: libvirt calls prepare right after (milliseconds), but a large managed-save image
+#: can take a while to read.
+INCOMING_WINDOW_S = 600.0
+
+ACTION_ALLOW = "allow"
+ACTION_DENY = "deny"
+ACTION_WARN = "warn"          # allowed, but out of policy
+ACTION_DRIFT = "drift"        # allowed: the serial cannot change on this path
+
+
+class HookHandler:
+    def __init__(self, get_config: Callable[[], Config], audit: AuditLog):
+        self._config = get_config
+        self.audit = audit
+        self.counters: Counter = Counter()
+        self._incoming: Dict[str, Tuple[str, float]] = {}
+
+    def handle(self, msg: dict) -> dict:
+        op, sub = msg.get("op"), msg.get("sub")
+        if msg.get("v") != PROTOCOL_VERSION or op not in HOOK_OPS or sub != "begin":
+            self.counters["bad-request"] += 1
+            return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW,
+                    "message": f"hookd: ignored unsupported request {op!r}/{sub!r}"}
+        name = str(msg.get("domain") or "")
+        xml = msg.get("xml")
+        if not isinstance(xml, str):
+            xml = ""
+        cfg = self._config()
+        try:
+            ev = evaluate(xml.encode("utf-8", "surrogatepass"), cfg.policy, rewrite=False,
+                          what=f"{op} XML of domain {name!r}")
+        except HookdError as err:
+            # Never break a start because hookd cannot read what libvirt sent.
+            self.counters["error"] += 1
+            log.error("%s %s: cannot decide: %s; allowing", op, name, err)
+            self.audit.record(operation=op, domain=name, verdict="error", action=ACTION_ALLOW, detail=str(err))
+            return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
+        if op in INCOMING_OPS:
+            return self._incoming_call(op, name, ev)
+        return self._prepare(name, ev, cfg, msg.get("extra"))
+
+    def _record(self, op: str, ev: Evaluation, action: str, detail: str) -> None:
+        d, nova = ev.decision, ev.facts.nova
+        self.counters[d.verdict] += 1
+        self.audit.record(
+            operation=op, domain=d.domain, instance_uuid=d.instance_uuid,
+            nova_name=nova.name if nova else None, project=nova.project_uuid if nova else None,
+            flavor=nova.flavor_name if nova else None, serial_seen=d.serial_current,
+            serial_wanted=d.serial_policy, verdict=d.verdict, rule=d.rule, action=action, detail=detail)
+
+    def _incoming_call(self, op: str, name: str, ev: Evaluation) -> dict:
+        d = ev.decision
+        self._prune()
+        self._incoming[d.instance_uuid] = (op, time.monotonic())
+        action = ACTION_DRIFT if d.verdict == VERDICT_REWRITE else ACTION_ALLOW
+        detail = "passed through unchanged: libvirt refuses serial changes on " + \
+            ("an incoming migration" if op == "migrate" else "a restore")
+        if action == ACTION_DRIFT:
+            log.warning("%s instance %s (%s): serial %r differs from policy %r (%s); %s",
+                        op, d.instance_uuid, name, d.serial_current, d.serial_policy, d.rule, detail)
+        self._record(op, ev, action, detail)
+        return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
+
+    def _prepare(self, name: str, ev: Evaluation, cfg: Config, extra) -> dict:
+        d = ev.decision
+        if d.verdict != VERDICT_REWRITE:
+            self._record("prepare", ev, ACTION_ALLOW, d.reason)
+            return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
+        incoming = self._incoming.pop(d.instance_uuid, None)
+        if incoming is not None and time.monotonic() - incoming[1] <= INCOMING_WINDOW_S:
+            via = "incoming migration" if incoming[0] == "migrate" else "restore"
+            detail = f"after {via}: the running guest keeps serial {d.serial_current!r}; " \
+                     f"its saved definition gets {d.serial_policy!r} for the next cold boot"
+            log.warning("prepare instance %s (%s): drift %r -> %r allowed (%s)",
+                        d.instance_uuid, name, d.serial_current, d.serial_policy, via)
+            self._record("prepare", ev, ACTION_DRIFT, detail)
+            return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
+        nova_name = ev.facts.nova.name if ev.facts.nova else None
+        who = f"instance {d.instance_uuid}" + (f" ({nova_name!r}, domain {name})" if nova_name else f" (domain {name})")
+        has = f"serial {d.serial_current!r}" if d.serial_current else "no SMBIOS serial"
+        if d.serial_current == d.serial_policy:
+            has += " without <smbios mode='sysinfo'/>"
+        if cfg.on_mismatch == "deny":
+            self.counters["denied"] += 1
+            message = (f"hookd: {who} has {has} but policy ({d.rule}) wants {d.serial_policy!r}; "
+                       f"define it with that serial, or send definitions through hookd's libvirt "
+                       f"socket (define-time enforcement)")
+            log.warning("prepare %s: denied: has %s, policy (%s) wants %r",
+                        who, has, d.rule, d.serial_policy)
+            self._record("prepare", ev, ACTION_DENY, message)
+            return {"v": PROTOCOL_VERSION, "action": ACTION_DENY, "message": message}
+        log.warning("prepare %s: starts with %s, policy (%s) wants %r ([enforce] on_mismatch = warn)",
+                    who, has, d.rule, d.serial_policy)
+        self._record("prepare", ev, ACTION_WARN, d.reason)
+        return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        for uuid in [u for u, (_, t) in self._incoming.items() if now - t > INCOMING_WINDOW_S]:
+            del self._incoming[uuid]

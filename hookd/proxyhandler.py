@@ -1,0 +1,57 @@
+"""What the libvirt proxy does with a domain definition that passes through it.
+
+Owns the callback hookd.proxy calls for every intercepted definition: decide with
+the policy, return the rewritten XML (or None to forward the original bytes), and
+record the decision in the audit log as operation `define` (or
+`migrate-persistent` for a live migration's persistent XML). The proxy itself
+knows nothing of policy; this module knows nothing of the wire.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Callable, Optional
+
+from hookd.audit import AuditLog
+from hookd.config import Config
+from hookd.engine import evaluate
+
+log = logging.getLogger("hookd.proxy.policy")
+
+#: Proxy op names -> audit operation.
+AUDIT_OPERATION = {
+    "define": "define", "define-flags": "define", "create": "define", "create-with-files": "define",
+    "migrate-persistent": "migrate-persistent",
+}
+
+
+class DefinitionRewriter:
+    def __init__(self, get_config: Callable[[], Config], audit: AuditLog):
+        self._config = get_config
+        self.audit = audit
+        self.counters: Counter = Counter()
+
+    def rewrite(self, op: str, xml: str) -> Optional[str]:
+        ev = evaluate(xml.encode("utf-8"), self._config().policy, what=f"{op} XML")
+        d, nova = ev.decision, ev.facts.nova
+        self.counters[d.verdict] += 1
+        action = "rewritten" if ev.xml is not None else "unchanged"
+        self.audit.record(
+            operation=AUDIT_OPERATION.get(op, op), domain=d.domain, instance_uuid=d.instance_uuid,
+            nova_name=nova.name if nova else None, project=nova.project_uuid if nova else None,
+            flavor=nova.flavor_name if nova else None, serial_seen=d.serial_current,
+            serial_wanted=d.serial_policy, verdict=d.verdict, rule=d.rule, action=action,
+            detail=f"{op}: {d.reason}")
+        if ev.xml is None:
+            return None
+        log.info("%s instance %s (%s): serial %r -> %r (%s)", op, d.instance_uuid, d.domain,
+                 d.serial_current, d.serial_policy, d.rule)
+        return ev.xml.decode("utf-8")
+
+    def on_error(self, op: str, xml: str, exc: BaseException) -> None:
+        self.counters["error"] += 1
+        log.error("%s: definition forwarded unchanged: %s", op, exc)
+        log.debug("details", exc_info=exc)
+        self.audit.record(operation=AUDIT_OPERATION.get(op, op), verdict="error", action="forwarded",
+                          detail=f"{op}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,143 @@
+"""The hook socket: accepts the shim's and hookctl's connections, root only.
+
+Owns the listening UNIX socket (created 0600, or inherited from systemd socket
+activation), the SO_PEERCRED check on every connection, bounded reads, and the
+dispatch of decoded messages to a handler. It does not decide anything (see
+hookd.hookhandler) and holds no policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import stat
+import struct
+from typing import Awaitable, Callable, Optional, Set
+
+from hookd.errors import HookdError
+from hookd.wire import MessageError, encode, read_message
+
+log = logging.getLogger("hookd.server")
+
+_UCRED = struct.Struct("3i")        # struct ucred: pid, uid, gid
+#: A shim sends its request at once; a peer that does not is dropped, so a stuck
+#: client never holds a handler.
+READ_TIMEOUT_S = 10.0
+
+
+def peer_credentials(sock: socket.socket):
+    """(pid, uid, gid) of the process at the other end of a UNIX socket."""
+    return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+
+
+def create_unix_listener(path: str, mode: int, gid: Optional[int] = None, backlog: int = 256) -> socket.socket:
+    """Bind a listening socket at `path` with `mode` from the first instant.
+
+    The umask is applied around bind() so the socket is never, even briefly, more
+    open than `mode`; a stale socket file is replaced, anything else is refused.
+    """
+    parent = os.path.dirname(path)
+    os.makedirs(parent, mode=0o755, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise HookdError(f"{path} exists and is not a socket; refusing to replace it")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(path)
+    except OSError as err:
+        sock.close()
+        raise HookdError(f"cannot bind {path}: {err.strerror}") from err
+    finally:
+        os.umask(old)
+    if gid is not None:
+        os.chown(path, 0, gid)
+    os.chmod(path, mode)
+    sock.listen(backlog)
+    return sock
+
+
+class HookServer:
+    def __init__(self, path: str, handle: Callable[[dict], dict], *,
+                 listen_fd: Optional[int] = None, status: Optional[Callable[[], dict]] = None):
+        self.path = path
+        self._handle = handle
+        self._status = status
+        self._listen_fd = listen_fd
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._tasks: Set[asyncio.Task] = set()
+        self._created = False
+        self.refused = 0
+        self.served = 0
+
+    async def start(self) -> None:
+        if self._listen_fd is not None:
+            sock = socket.socket(fileno=self._listen_fd)
+            sock.setblocking(False)
+        else:
+            sock = create_unix_listener(self.path, 0o600)
+            self._created = True
+        self._server = await asyncio.start_unix_server(self._client, sock=sock)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        try:
+            pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
+            if uid != 0:
+                self.refused += 1
+                log.warning("hook socket: refused connection from pid %d uid %d gid %d: only root may use it",
+                            pid, uid, gid)
+                return
+            while True:
+                try:
+                    msg = await asyncio.wait_for(read_message(reader), READ_TIMEOUT_S)
+                except EOFError:
+                    return
+                except asyncio.TimeoutError:
+                    log.warning("hook socket: pid %d sent no complete request in %.0f s; dropped",
+                                pid, READ_TIMEOUT_S)
+                    return
+                except MessageError as err:
+                    log.warning("hook socket: pid %d sent a bad message (%s); dropped", pid, err)
+                    log.debug("raw bytes: %r", err.raw[:200])
+                    return
+                if msg.get("op") == "status" and self._status is not None:
+                    reply = self._status()
+                else:
+                    reply = self._handle(msg)
+                self.served += 1
+                writer.write(encode(reply))
+                await writer.drain()
+        except (ConnectionError, OSError) as err:
+            log.debug("hook socket: client went away: %s", err)
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._created:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self._created = False
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for in-flight requests (bounded) after stop_accepting()."""
+        pending = [t for t in self._tasks if t is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
