@@ -265,6 +265,11 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
+def _cmd_doctor(args) -> int:
+    from hookd import doctor
+    return doctor.cmd_doctor(args)
+
+
 # ------------------------------------------------------------------------ parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="print JSON")
     fmt.add_argument("--csv", action="store_true", help="print CSV (licence-compliance reports)")
     sp.add_argument("--state-dir", metavar="DIR", help="state directory (default: [hookd] state_dir)")
+    config_opt(sp)
+
+    sp = add("doctor", _cmd_doctor, "check this hypervisor's hookd setup; one OK/WARN/FAIL line per check")
+    from hookd import doctor
+    doctor.configure_parser(sp)
     config_opt(sp)
 
     sp = add("status", cmd_status, "ask the running daemon how it is; exits 1 when it is down")
