@@ -77,3 +77,20 @@ def guest_image() -> GuestImage:
     """The busybox guest that prints its DMI serial (built once, cached in $HOOKD_TEST_CACHE/guest)."""
     require_libvirt_environment()
     return ensure_guest_image()
+
+
+@pytest.fixture
+def hookd_factory(tmp_path):
+    """Factory make(name="hookd", config_extra="", proxy=False, libvirt_socket=None) -> HookdProcess
+    (not started); every daemon is stopped by pid at teardown."""
+    from tests.integration.hookd_proc import HookdProcess
+    daemons = []
+
+    def make(name: str = "hookd", **kw) -> HookdProcess:
+        d = HookdProcess(tmp_path / "d", name=name, **kw)
+        daemons.append(d)
+        return d
+
+    yield make
+    for d in daemons:
+        d.stop()
