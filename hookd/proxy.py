@@ -38,6 +38,7 @@ from typing import Callable
 
 from hookd.errors import HookdError
 from hookd.rpcframe import (
+    CALL_TYPES,
     MESSAGE_MAX,
     NUM_FDS_MAX,
     REMOTE_PROGRAM,
@@ -67,6 +68,9 @@ LISTEN_BACKLOG = 128
 SOCKET_MODE = 0o660
 SOCKET_DIR_MODE = 0o755
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+# Plain ints: IntFlag arithmetic costs microseconds on every read.
+_RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
 
 RewriteFn = Callable[[str, str], "str | None"]
 ErrorFn = Callable[[str, str, BaseException], None]
@@ -102,6 +106,7 @@ class _Pipe:
         self.decoder = FrameDecoder(max_message)
         self.max_message = max_message
         self.rview = session.proxy._rview  # shared: the decoder copies what it keeps
+        self.rbufs = [self.rview]
         self.fds: collections.deque[tuple[int, int]] = collections.deque()  # (stream offset tag, fd)
         self.out: collections.deque = collections.deque()  # bytes | memoryview | _FdItem
         self.out_bytes = 0
@@ -130,20 +135,15 @@ class _Pipe:
     def _read_once(self) -> None:
         session = self.session
         try:
-            nbytes, ancdata, flags, _ = self.src.recvmsg_into(
-                [self.rview], _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
+            nbytes, ancdata, flags, _ = self.src.recvmsg_into(self.rbufs, _CMSG_SPACE, _RECV_FLAGS)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as err:
             session.close(f"{self.name}: read failed: {err}")
             raise _SessionClosed from err
-        tag = self.decoder.received + nbytes
-        for level, ctype, data in ancdata:
-            if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
-                fds = array.array("i")
-                fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
-                self.fds.extend((tag, fd) for fd in fds)
-        if flags & socket.MSG_CTRUNC:
+        if ancdata:
+            self._take_fds(ancdata, self.decoder.received + nbytes)
+        if flags & _MSG_CTRUNC:
             session.protocol_error(self.name, FrameError("descriptors truncated (MSG_CTRUNC)"))
         if nbytes == 0:
             self._on_eof()
@@ -156,13 +156,27 @@ class _Pipe:
             self._forward(frame)
         # Descriptors that came with bytes of a message that does not carry
         # descriptors would otherwise be passed along with the wrong message.
-        if self.fds and self.fds[0][0] <= self.decoder.offset:
-            session.protocol_error(self.name, FrameError("descriptor received outside a WITH_FDS message"))
-        if len(self.fds) > NUM_FDS_MAX:
-            session.protocol_error(self.name, FrameError(f"more than {NUM_FDS_MAX} descriptors pending"))
-        self.flush()
-        if self.out_bytes > HIGH_WATER:
-            self.stop_reading()
+        if self.fds:
+            if self.fds[0][0] <= self.decoder.offset:
+                session.protocol_error(self.name, FrameError("descriptor received outside a WITH_FDS message"))
+            if len(self.fds) > NUM_FDS_MAX:
+                session.protocol_error(self.name, FrameError(f"more than {NUM_FDS_MAX} descriptors pending"))
+        if self.out:
+            self.flush()
+            if self.out_bytes > HIGH_WATER:
+                self.stop_reading()
+
+    def _take_fds(self, ancdata, tag: int) -> None:
+        """Remember received descriptors with the stream offset of the chunk's end.
+
+        Linux ends a recvmsg right after the one-byte write that carried
+        descriptors, so the chunk's end is that carrier byte's position.
+        """
+        for level, ctype, data in ancdata:
+            if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+                self.fds.extend((tag, fd) for fd in fds)
 
     def _on_eof(self) -> None:
         self.stop_reading()
@@ -179,10 +193,11 @@ class _Pipe:
     def _forward(self, frame: Frame) -> None:
         raw = frame.raw
         header = frame.header
-        if (self.intercept and header.program == REMOTE_PROGRAM and header.is_call
-                and header.procedure in CODECS):
+        if (self.intercept and header.program == REMOTE_PROGRAM and header.procedure in CODECS
+                and header.type in CALL_TYPES):
             raw = self.session.proxy._intercept(frame, self.session)
-        self._enqueue(raw)
+        self.out.append(raw)
+        self.out_bytes += len(raw)
         if frame.nfds:
             start, end = frame.carrier_offset, frame.end_offset
             fds = []
@@ -212,7 +227,7 @@ class _Pipe:
         try:
             while out:
                 head = out[0]
-                if isinstance(head, _FdItem):
+                if head.__class__ is _FdItem:
                     # Exactly libvirt's framing: one byte per descriptor, one
                     # descriptor per sendmsg (gnulib recvfd expects exactly one).
                     self.dst.sendmsg([head.byte], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
@@ -221,12 +236,15 @@ class _Pipe:
                     os.close(head.fd)
                     self.out_bytes -= 1
                     continue
-                bufs = []
-                for item in out:
-                    if isinstance(item, _FdItem) or len(bufs) >= MAX_IOV:
-                        break
-                    bufs.append(item)
-                sent = self.dst.sendmsg(bufs)
+                if len(out) == 1:
+                    sent = self.dst.send(head)
+                else:
+                    bufs = []
+                    for item in out:
+                        if item.__class__ is _FdItem or len(bufs) >= MAX_IOV:
+                            break
+                        bufs.append(item)
+                    sent = self.dst.sendmsg(bufs)
                 self.out_bytes -= sent
                 while sent:
                     item = out[0]

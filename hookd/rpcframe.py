@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from hookd.errors import ProtocolError
 
@@ -90,9 +90,9 @@ class Status(enum.IntEnum):
 
 
 #: Message types whose payload starts with a descriptor count.
-FD_TYPES = frozenset({MessageType.CALL_WITH_FDS, MessageType.REPLY_WITH_FDS})
+FD_TYPES = frozenset({int(MessageType.CALL_WITH_FDS), int(MessageType.REPLY_WITH_FDS)})
 #: Message types a client sends to invoke a procedure.
-CALL_TYPES = frozenset({MessageType.CALL, MessageType.CALL_WITH_FDS})
+CALL_TYPES = frozenset({int(MessageType.CALL), int(MessageType.CALL_WITH_FDS)})
 
 
 class FrameError(ProtocolError):
@@ -109,9 +109,12 @@ class FrameError(ProtocolError):
         super().__init__(f"{reason} (at stream offset {offset}, {len(raw)} bytes)")
 
 
-@dataclass(frozen=True)
-class Header:
-    """virNetMessageHeader. ``type``/``status`` stay plain ints when unknown."""
+class Header(NamedTuple):
+    """virNetMessageHeader, as decoded: plain ints (compare equal to the enums).
+
+    A NamedTuple rather than a dataclass: one is built for every message the
+    proxy relays, and tuple construction is several times cheaper.
+    """
 
     program: int
     version: int
@@ -122,15 +125,13 @@ class Header:
 
     def pack(self) -> bytes:
         try:
-            return _HEADER.pack(self.program, self.version, self.procedure,
-                                self.type, self.serial, self.status)
+            return _HEADER.pack(*self)
         except struct.error as err:
             raise FrameError(f"header field out of range: {err}") from err
 
     @classmethod
     def unpack(cls, data, offset: int = 0) -> "Header":
-        prog, vers, proc, mtype, serial, status = _HEADER.unpack_from(data, offset)
-        return cls(prog, vers, proc, _known(MessageType, mtype), serial, _known(Status, status))
+        return cls._make(_HEADER.unpack_from(data, offset))
 
     @property
     def has_fds(self) -> bool:
@@ -140,6 +141,11 @@ class Header:
     def is_call(self) -> bool:
         return self.type in CALL_TYPES
 
+    @property
+    def message_type(self):
+        """``type`` as a MessageType, or the int when libvirt has no such type."""
+        return _known(MessageType, self.type)
+
 
 def _known(enum_cls, value: int):
     try:
@@ -148,8 +154,7 @@ def _known(enum_cls, value: int):
         return value
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     """One complete message.
 
     ``raw`` is exactly what was (or is to be) on the wire, length word
@@ -163,7 +168,7 @@ class Frame:
     raw: bytes
     nfds: int = 0
     fd_carrier: bytes = b""
-    offset: int = field(default=0, compare=False)
+    offset: int = 0
 
     @property
     def length(self) -> int:
@@ -191,8 +196,7 @@ class Frame:
 
     def with_payload(self, payload: bytes, max_message: int = MESSAGE_MAX) -> "Frame":
         """The same message (header, descriptors) with a new payload; length fixed."""
-        raw = encode(self.header, payload, nfds=self.nfds, max_message=max_message)
-        return replace(self, raw=raw)
+        return self._replace(raw=encode(self.header, payload, nfds=self.nfds, max_message=max_message))
 
 
 def encode(header: Header, payload: bytes = b"", *, nfds: int = 0,
@@ -280,48 +284,54 @@ class FrameDecoder:
         return len(self._buf)
 
     def feed(self, chunk) -> list[Frame]:
+        """Add ``chunk`` (any bytes-like; not kept) and return the frames it completed."""
         if self._error is not None:
             raise self._error
-        if chunk:
+        buffered = bool(self._buf)
+        if buffered:
             self._buf += chunk
+            view = memoryview(self._buf)
+        else:
+            # Nothing pending: parse the chunk in place and keep only its tail.
+            view = memoryview(chunk).cast("B")
         frames: list[Frame] = []
-        buf = self._buf
         pos = 0
-        end = len(buf)
+        end = len(view)
+        base = self._base
         try:
             while end - pos >= LEN_SIZE:
-                (length,) = _LEN.unpack_from(buf, pos)
+                (length,) = _LEN.unpack_from(view, pos)
                 reason = check_length(length, self.max_message)
                 if reason:
-                    raise FrameError(reason, bytes(buf[pos:pos + RAW_KEEP_MAX]), self._base + pos)
+                    raise FrameError(reason, view[pos:pos + RAW_KEEP_MAX].tobytes(), base + pos)
                 if end - pos < MIN_LENGTH:
                     break
-                header = Header.unpack(buf, pos + LEN_SIZE)
+                header = Header._make(_HEADER.unpack_from(view, pos + LEN_SIZE))
                 nfds = 0
-                if header.has_fds:
+                if header[3] in FD_TYPES:
                     if length < MIN_LENGTH + NFDS_SIZE:
                         raise FrameError("WITH_FDS message without descriptor count",
-                                         bytes(buf[pos:pos + length]), self._base + pos)
+                                         view[pos:pos + length].tobytes(), base + pos)
                     if end - pos < MIN_LENGTH + NFDS_SIZE:
                         break
-                    nfds = _parse_nfds(buf, pos, header, self._base + pos)
+                    nfds = _parse_nfds(view, pos, header, base + pos)
                 if end - pos < length + nfds:
                     break
-                frames.append(Frame(
-                    header=header,
-                    raw=bytes(buf[pos:pos + length]),
-                    nfds=nfds,
-                    fd_carrier=bytes(buf[pos + length:pos + length + nfds]),
-                    offset=self._base + pos,
-                ))
+                frames.append(Frame(header, view[pos:pos + length].tobytes(), nfds,
+                                    view[pos + length:pos + length + nfds].tobytes() if nfds else b"",
+                                    base + pos))
                 pos += length + nfds
         except FrameError as err:
             self._error = err
             raise
         finally:
-            if pos:
-                del buf[:pos]
-                self._base += pos
+            tail = None if buffered or pos == end else view[pos:end].tobytes()
+            view.release()
+            if buffered:
+                del self._buf[:pos]
+            elif tail:
+                self._buf += tail
+            self._base = base + pos
         return frames
 
     def eof(self) -> None:
