@@ -64,6 +64,8 @@ _CMSG_SPACE = socket.CMSG_SPACE(NUM_FDS_MAX * array.array("i").itemsize)
 FLUSH_TIMEOUT = 5.0
 #: Accepts per readiness callback, so a connection storm cannot starve relays.
 ACCEPT_BATCH = 32
+#: How long to stop accepting after accept() failed (e.g. out of descriptors).
+ACCEPT_PAUSE = 0.5
 LISTEN_BACKLOG = 128
 SOCKET_MODE = 0o660
 SOCKET_DIR_MODE = 0o755
@@ -496,8 +498,12 @@ class LibvirtProxy:
                 conn, _ = self._lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as err:  # EMFILE and friends: keep serving the others
-                self._log.error("accept failed: %s", err)
+            except OSError as err:
+                # EMFILE and friends: the socket stays readable, so pause
+                # accepting instead of spinning; established sessions go on.
+                self._log.error("accept failed, pausing accepts for %.1fs: %s", ACCEPT_PAUSE, err)
+                self._loop.remove_reader(self._lsock.fileno())
+                self._loop.call_later(ACCEPT_PAUSE, self._resume_accept)
                 return
             self.stats["clients_total"] += 1
             conn.setblocking(False)
@@ -510,6 +516,10 @@ class LibvirtProxy:
             task = self._loop.create_task(self._connect_upstream(conn, peer))
             self._connecting.add(task)
             task.add_done_callback(self._connecting.discard)
+
+    def _resume_accept(self) -> None:
+        if self._lsock is not None and not self._closing:
+            self._loop.add_reader(self._lsock.fileno(), self._on_accept)
 
     def _check_peer(self, conn: socket.socket) -> tuple[bool, str, str]:
         try:

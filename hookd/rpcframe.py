@@ -225,7 +225,7 @@ def check_length(length: int, max_message: int = MESSAGE_MAX) -> str | None:
     return None
 
 
-def _parse_nfds(data, start: int, header: Header, offset: int) -> int:
+def _parse_nfds(data, start: int, offset: int) -> int:
     (nfds,) = _NFDS.unpack_from(data, start + MIN_LENGTH)
     if nfds > NUM_FDS_MAX:
         raise FrameError(f"message announces {nfds} descriptors, limit {NUM_FDS_MAX}",
@@ -251,7 +251,7 @@ def decode(data: bytes, max_message: int = MESSAGE_MAX) -> Frame:
     if header.has_fds:
         if length < MIN_LENGTH + NFDS_SIZE:
             raise FrameError("WITH_FDS message without descriptor count", data)
-        nfds = _parse_nfds(data, 0, header, 0)
+        nfds = _parse_nfds(data, 0, 0)
     return Frame(header=header, raw=data, nfds=nfds)
 
 
@@ -314,7 +314,7 @@ class FrameDecoder:
                                          view[pos:pos + length].tobytes(), base + pos)
                     if end - pos < MIN_LENGTH + NFDS_SIZE:
                         break
-                    nfds = _parse_nfds(view, pos, header, base + pos)
+                    nfds = _parse_nfds(view, pos, base + pos)
                 if end - pos < length + nfds:
                     break
                 frames.append(Frame(header, view[pos:pos + length].tobytes(), nfds,

@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import queue
 import re
 import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -76,9 +74,9 @@ def on_error(op, xml, exc):
     emit({"on_error": op, "exc": type(exc).__name__, "xml_len": len(xml)})
 
 async def main():
-    proxy = LibvirtProxy(listen_path=cfg["listen"], upstream_path=cfg["upstream"],
-                         rewrite=rewrite, on_error=on_error, allowed_gid=cfg["gid"],
-                         connect_timeout=2.0)
+    proxy = LibvirtProxy(listen_path=None if cfg.get("listen_fd") is not None else cfg["listen"],
+                         upstream_path=cfg["upstream"], rewrite=rewrite, on_error=on_error,
+                         allowed_gid=cfg["gid"], listen_fd=cfg.get("listen_fd"), connect_timeout=2.0)
     await proxy.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -108,18 +106,20 @@ class ProxyProcess:
     """The proxy in a child process; its stdout JSON lines are collected by a reader thread."""
 
     def __init__(self, workdir: pathlib.Path, upstream: str, gid: int | None = None, name: str = "p",
-                 listen: str | None = None):
+                 listen: str | None = None, listen_fd: int | None = None):
         self.workdir = workdir
         self.path = listen or str(workdir / f"{name}.sock")
         self.log = workdir / f"{name}.log"
         self.uri = f"qemu+unix:///system?socket={self.path}"
         runner = workdir / "proxy_runner.py"
         runner.write_text(RUNNER)
-        cfg = {"listen": self.path, "upstream": upstream, "gid": gid, "log": str(self.log)}
+        cfg = {"listen": self.path, "upstream": upstream, "gid": gid, "log": str(self.log),
+               "listen_fd": listen_fd}
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
         with open(workdir / f"{name}.stderr", "wb") as stderr:
             self.proc = subprocess.Popen([PY, str(runner), json.dumps(cfg)], stdout=subprocess.PIPE,
-                                         stderr=stderr, env=env, text=True)
+                                         stderr=stderr, env=env, text=True,
+                                         pass_fds=() if listen_fd is None else (listen_fd,))
         self.lines: list[dict] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -187,8 +187,8 @@ def proxies(tmp_path):
     started: list[ProxyProcess] = []
 
     def make(upstream: str, gid: int | None = None, name: str = "p",
-             listen: str | None = None) -> ProxyProcess:
-        p = ProxyProcess(tmp_path, upstream, gid, name, listen)
+             listen: str | None = None, listen_fd: int | None = None) -> ProxyProcess:
+        p = ProxyProcess(tmp_path, upstream, gid, name, listen, listen_fd)
         started.append(p)
         return p
 
@@ -647,6 +647,46 @@ def test_access_refused_outside_allowed_group(libvirt_hosts, proxies, public_dir
     assert re.search(r"refused client pid=\d+ uid=65534 gid=65534: neither root nor in group", log), log
     closed = proxy.stop()
     assert closed["socket_exists"] is False and not listen.exists()
+
+
+def test_stale_socket_replaced_and_listen_fd_adopted(libvirt_hosts, proxies, tmp_path):
+    host = libvirt_hosts("a")
+    stale = tmp_path / "stale.sock"
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(str(stale))  # a socket file nobody listens on any more
+    leftover.close()
+    assert stale.exists()
+    proxy = proxies(str(host.socket_path), listen=str(stale), name="stale")
+    assert "QEMU" in host.virsh("version", uri=proxy.uri).stdout
+
+    # A second proxy refuses to take over a socket that is in use.
+    blocked = subprocess.run(
+        [PY, "-c", "import asyncio, sys; from hookd.proxy import LibvirtProxy; "
+         "p = LibvirtProxy(listen_path=sys.argv[1], upstream_path=sys.argv[2], rewrite=None, "
+         "on_error=None, allowed_gid=None); asyncio.run(p.start())", str(stale), str(host.socket_path)],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert blocked.returncode != 0 and "in use" in blocked.stderr, blocked.stderr
+    assert "QEMU" in host.virsh("version", uri=proxy.uri).stdout
+
+    # systemd-style activation: the proxy adopts an already listening socket.
+    activated = tmp_path / "activated.sock"
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(str(activated))
+    lsock.listen(16)
+    try:
+        adopted = proxies(str(host.socket_path), listen=str(activated), listen_fd=lsock.fileno(),
+                          name="fd")
+    finally:
+        lsock.close()  # the child has its own copy
+    xml, dom_uuid = domain_xml("instance-fd")
+    conn = libvirt.open(adopted.uri)
+    try:
+        conn.defineXML(xml)
+    finally:
+        conn.close()
+    assert serial_of(host.virsh("dumpxml", "instance-fd").stdout) == dom_uuid
+    closed = adopted.stop()
+    assert closed["socket_exists"], "an adopted socket belongs to its creator; close() must not unlink it"
 
 
 def _has_user(name: str) -> bool:
