@@ -252,7 +252,7 @@ headers = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(header=headers, payload=st.binary(max_size=300), nfds=st.integers(0, NUM_FDS_MAX))
 def test_property_decode_encode_round_trip(header, payload, nfds):
     if not header.has_fds:
@@ -266,7 +266,7 @@ def test_property_decode_encode_round_trip(header, payload, nfds):
     assert encode(frame.header, frame.payload, nfds=frame.nfds) == raw
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500, deadline=None, database=None)
 @given(data=st.binary(max_size=400), cuts=st.lists(st.integers(0, 400), max_size=5))
 def test_property_arbitrary_bytes_only_raise_frame_error(data, cuts):
     dec = FrameDecoder(max_message=1024)

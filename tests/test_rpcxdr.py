@@ -268,7 +268,7 @@ params = st.lists(st.one_of(
 ), max_size=8)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(params=params)
 def test_property_typed_params_round_trip(params):
     wire = encode_typed_params(params)
@@ -276,7 +276,7 @@ def test_property_typed_params_round_trip(params):
     assert encode_typed_params(decode_typed_params(wire)) == wire
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(xml=text, flags=st.integers(0, 2**32 - 1), params=params, cookie=st.binary(max_size=50),
        dconnuri=st.none() | text)
 def test_property_codecs_round_trip(xml, flags, params, cookie, dconnuri):
@@ -307,7 +307,7 @@ def test_property_codecs_round_trip(xml, flags, params, cookie, dconnuri):
     assert codec.encode(args) == wire
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500, deadline=None, database=None)
 @given(data=st.binary(max_size=200))
 def test_property_arbitrary_payload_only_raises_xdr_error(data):
     for codec in CODECS.values():
