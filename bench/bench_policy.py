@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO))
 from lxml import etree  # noqa: E402
 
 from hookd.engine import evaluate  # noqa: E402
-from hookd.policy import PolicyConfig  # noqa: E402
+from hookd.policy import PolicyConfig, SerialTemplate  # noqa: E402
 
 INPUT = REPO / "tests" / "data" / "corpus" / "90-bench-15k.xml"
 TARGET_PER_S = 2000
@@ -37,7 +37,8 @@ def _rate(fn, seconds=2.0):
 
 def run(seconds: float = 2.0) -> dict:
     data = INPUT.read_bytes()
-    policy = PolicyConfig()
+    # A template policy, so every decision also pays for the rewrite + serialize.
+    policy = PolicyConfig(mode="template", template=SerialTemplate.compile("B-{uuid_hex}"))
     ev = evaluate(data, policy)
     assert ev.decision.verdict == "rewrite", "the bench input must need a rewrite"
     parser = etree.XMLParser(resolve_entities=False, no_network=True)

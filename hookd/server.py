@@ -32,7 +32,13 @@ def peer_credentials(sock: socket.socket):
     return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
 
 
-def create_unix_listener(path: str, mode: int, gid: Optional[int] = None, backlog: int = 256) -> socket.socket:
+#: A hypervisor boot starts dozens of guests at once; each start's prepare hook
+#: connects here. asyncio re-listens with its own backlog (default 100), so pass it.
+LISTEN_BACKLOG = 1024
+
+
+def create_unix_listener(path: str, mode: int, gid: Optional[int] = None,
+                         backlog: int = LISTEN_BACKLOG) -> socket.socket:
     """Bind a listening socket at `path` with `mode` from the first instant.
 
     The umask is applied around bind() so the socket is never, even briefly, more
@@ -84,7 +90,7 @@ class HookServer:
         else:
             sock = create_unix_listener(self.path, 0o600)
             self._created = True
-        self._server = await asyncio.start_unix_server(self._client, sock=sock)
+        self._server = await asyncio.start_unix_server(self._client, sock=sock, backlog=LISTEN_BACKLOG)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

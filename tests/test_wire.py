@@ -88,13 +88,46 @@ def test_round_trip_property(msg):
     assert wire.decode(wire.encode(msg)) == msg
 
 
-def test_shim_frames_like_wire():
-    """The shim (stdlib only, its own framing) and hookd/wire.py agree byte for byte."""
+def load_shim(tmp_path):
+    """The rendered shim imported as a module (it is valid Python as well as sh)."""
+    import importlib.util
+    from hookd.cli import render_shim
     from tests.conftest import REPO
-    text = (REPO / "hooks" / "qemu").read_text()
-    assert 'struct.pack(">I", len(request)) + request' in text
-    assert 'json.dumps({"v": 1, "op": op, "sub": sub, "domain": name, "extra": extra, "xml": xml},' in text
-    shim_max = int(eval(text.split("MAX_MESSAGE = ", 1)[1].split("\n", 1)[0]))
-    assert shim_max == wire.MAX_MESSAGE
-    request = json.dumps({"v": 1, "op": "prepare"}, separators=(",", ":")).encode()
-    assert wire.decode(struct.pack(">I", len(request)) + request) == {"v": 1, "op": "prepare"}
+    text = render_shim((REPO / "hooks" / "qemu").read_text(), socket_path="/x", timeout=1.0, on_unreachable="allow")
+    path = tmp_path / "shim.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("hookd_shim_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("xml", ["<domain/>", "<domain>é \" \\ \u2028 \U0001f600</domain>", "x" * 100000,
+                                 "bad \udcff byte"])
+def test_shim_request_is_a_wire_message(tmp_path, xml):
+    """The shim's own encoder (stdlib C cores only) produces what hookd/wire.py decodes."""
+    shim = load_shim(tmp_path)
+    data = shim.encode_request("prepare", "begin", "instance-1", "-", xml)
+    msg = wire.decode(data)
+    assert msg == {"v": 1, "op": "prepare", "sub": "begin", "domain": "instance-1", "extra": "-", "xml": xml}
+
+
+@pytest.mark.parametrize("reply", [{"v": 1, "action": "allow"},
+                                   {"v": 1, "action": "deny", "message": "hookd: é \"x\""},
+                                   {"v": 1, "action": "allow", "xml": "<domain>\n</domain>", "n": 1.5, "k": [None, True]}])
+def test_shim_reads_wire_replies(tmp_path, reply):
+    shim = load_shim(tmp_path)
+    assert shim.decode_reply(wire.encode(reply)[wire.HEADER.size:]) == reply
+
+
+@pytest.mark.parametrize("body", [b"[]", b"{} x", b"nope", b"\xff"])
+def test_shim_refuses_bad_replies(tmp_path, body):
+    shim = load_shim(tmp_path)
+    with pytest.raises(ValueError):
+        shim.decode_reply(body)
+
+
+def test_shim_limits_match_wire(tmp_path):
+    shim = load_shim(tmp_path)
+    from hookd.xmlsafe import MAX_XML_BYTES
+    assert (shim.MAX_MESSAGE, shim.MAX_XML) == (wire.MAX_MESSAGE, MAX_XML_BYTES)
