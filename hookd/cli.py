@@ -270,6 +270,25 @@ def _cmd_doctor(args) -> int:
     return doctor.cmd_doctor(args)
 
 
+def cmd_reconcile(args) -> int:
+    sock = args.socket or _load_config(args).daemon.socket
+    reply = ask_daemon(sock, {"v": 1, "op": "reconcile", "dry_run": bool(args.dry_run)}, timeout=args.timeout)
+    if reply.get("error"):
+        raise CliError(f"reconcile: {reply['error']}")
+    items = reply.get("items", [])
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+        return EXIT_OK
+    verb = "would change" if args.dry_run else "changed"
+    changes = [i for i in items if i.get("action") in ("fixed", "would-fix")]
+    for i in items:
+        print(f"{i.get('action', '?'):<10} {i.get('domain', '-'):<24} {i.get('instance_uuid', '-')}  "
+              f"saved serial {i.get('serial_saved')!r} -> policy {i.get('serial_policy')!r}"
+              + (f"  ({i['detail']})" if i.get("detail") else ""))
+    print(f"{len(items)} domains checked, {len(changes)} {verb}")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------ parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,6 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("doctor", _cmd_doctor, "check this hypervisor's hookd setup; one OK/WARN/FAIL line per check")
     from hookd import doctor
     doctor.configure_parser(sp)
+    config_opt(sp)
+
+    sp = add("reconcile", cmd_reconcile,
+             "sweep now: give saved definitions the policy serial (next cold boot); lists what changed")
+    sp.add_argument("--dry-run", action="store_true", help="only list what would change")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.add_argument("--socket", metavar="PATH", help="hook socket (default: [hookd] socket)")
+    sp.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                    help="seconds to wait for the sweep (default 120)")
     config_opt(sp)
 
     sp = add("status", cmd_status, "ask the running daemon how it is; exits 1 when it is down")

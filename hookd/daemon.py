@@ -26,6 +26,7 @@ from hookd.config import DEFAULT_CONFIG, Config, load_config
 from hookd.errors import HookdError
 from hookd.hookhandler import HookHandler
 from hookd.server import HookServer
+from hookd.supervisor import WorkerSupervisor
 
 log = logging.getLogger("hookd")
 
@@ -105,6 +106,7 @@ class Daemon:
         self.handler: Optional[HookHandler] = None
         self.server: Optional[HookServer] = None
         self.proxy = None
+        self.worker: Optional[WorkerSupervisor] = None
 
     # ------------------------------------------------------------- lifecycle
     async def run(self) -> int:
@@ -113,9 +115,11 @@ class Daemon:
         self.audit = AuditLog(d.state_dir)
         self.handler = HookHandler(lambda: self.config, self.audit)
         fds = _inherited_fds()
-        self.server = HookServer(d.socket, self.handler.handle, listen_fd=fds.get(FD_NAME_HOOK),
-                                 status=self.status)
+        self.server = HookServer(d.socket, self.dispatch, listen_fd=fds.get(FD_NAME_HOOK))
         await self.server.start()
+        self.worker = WorkerSupervisor(self.config_path, self.audit)
+        self.handler.on_hook = self.worker.note_hook
+        await self.worker.start()
         if d.proxy_socket:
             await self._start_proxy(fds.get(FD_NAME_PROXY))
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -135,6 +139,7 @@ class Daemon:
         if self.proxy is not None:
             await self.proxy.close()
         await self.server.drain(SHUTDOWN_GRACE_S)
+        await self.worker.close()
         if watchdog is not None:
             watchdog.cancel()
         if self._notifier is not None:
@@ -160,6 +165,16 @@ class Daemon:
             _notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
+    # ------------------------------------------------------------- requests
+    async def dispatch(self, msg: dict) -> dict:
+        """Everything the hook socket is asked: hook calls, and hookctl's control calls."""
+        op = msg.get("op")
+        if op == "status":
+            return self.status()
+        if op == "reconcile":
+            return await self.worker.reconcile(dry_run=bool(msg.get("dry_run")))
+        return self.handler.handle(msg)
+
     # ---------------------------------------------------------------- status
     def status(self) -> dict:
         c = self.config
@@ -176,6 +191,7 @@ class Daemon:
             "audit": {"path": self.audit.path, "written": self.audit.written, "pending": self.audit.pending,
                       "failing": self.audit.failing, "dropped": self.audit.dropped},
             "proxy": proxy,
+            **self.worker.status(),
         }
 
     def _notify_status(self) -> None:
@@ -209,6 +225,7 @@ class Daemon:
                          reconcile_enabled=new.reconcile_enabled, reconcile_interval=new.reconcile_interval,
                          sources=new.sources)
         self.config = new
+        self.worker.reload()
         self.reloads += 1
         self.last_reload_error = None
         log.info("configuration reloaded (%s) from %s: mode %s, %d rules, on_mismatch %s", why,

@@ -43,6 +43,9 @@ class HookHandler:
         self.audit = audit
         self.counters: Counter = Counter()
         self._incoming: Dict[str, Tuple[str, float]] = {}
+        #: Told of every hook call (instance UUID, op) so libvirt work on that domain
+        #: waits until its start or migration is over (the domain is locked meanwhile).
+        self.on_hook: Optional[Callable[[str, str], None]] = None
 
     def handle(self, msg: dict) -> dict:
         op, sub = msg.get("op"), msg.get("sub")
@@ -64,6 +67,8 @@ class HookHandler:
             log.error("%s %s: cannot decide: %s; allowing", op, name, err)
             self.audit.record(operation=op, domain=name, verdict="error", action=ACTION_ALLOW, detail=str(err))
             return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
+        if self.on_hook is not None:
+            self.on_hook(ev.decision.instance_uuid, op)
         if op in INCOMING_OPS:
             return self._incoming_call(op, name, ev)
         return self._prepare(name, ev, cfg, msg.get("extra"))

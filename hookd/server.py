@@ -71,11 +71,10 @@ def create_unix_listener(path: str, mode: int, gid: Optional[int] = None,
 
 
 class HookServer:
-    def __init__(self, path: str, handle: Callable[[dict], dict], *,
-                 listen_fd: Optional[int] = None, status: Optional[Callable[[], dict]] = None):
+    def __init__(self, path: str, dispatch: Callable[[dict], Awaitable[dict]], *,
+                 listen_fd: Optional[int] = None):
         self.path = path
-        self._handle = handle
-        self._status = status
+        self._dispatch = dispatch
         self._listen_fd = listen_fd
         self._server: Optional[asyncio.AbstractServer] = None
         self._tasks: Set[asyncio.Task] = set()
@@ -115,10 +114,7 @@ class HookServer:
                     log.warning("hook socket: pid %d sent a bad message (%s); dropped", pid, err)
                     log.debug("raw bytes: %r", err.raw[:200])
                     return
-                if msg.get("op") == "status" and self._status is not None:
-                    reply = self._status()
-                else:
-                    reply = self._handle(msg)
+                reply = await self._dispatch(msg)
                 self.served += 1
                 writer.write(encode(reply))
                 await writer.drain()
