@@ -258,13 +258,16 @@ def check_libvirtd_start(hooks_dir: str, shim: Optional[str]) -> Check:
     if not daemons:
         return Check(WARN, "hook-loaded", f"no running libvirtd or virtqemud uses {hooks_dir}",
                      "start libvirtd (systemctl start libvirtd), or pass the --hooks-dir it uses")
-    mtime = os.stat(shim).st_mtime
-    stale = [(pid, name, t) for pid, name, t in daemons if t < mtime]
+    # ctime, not mtime: dpkg and rpm give installed files the build's timestamp as
+    # mtime, and touch can move mtime anywhere; ctime is when the file last changed here.
+    changed = os.stat(shim).st_ctime
+    stale = [(pid, name, t) for pid, name, t in daemons if t < changed]
     if stale:
         pid, name, t = stale[0]
         return Check(WARN, "hook-loaded",
-                     f"{name} (pid {pid}) started {_fmt_time(t)}, before {shim} was written "
-                     f"({_fmt_time(mtime)}): unless it was sent SIGHUP since, it does not run the shim",
+                     f"{name} (pid {pid}) started {_fmt_time(t)}, before {shim} was installed or "
+                     f"changed ({_fmt_time(changed)}): unless it was sent SIGHUP since, it does not "
+                     f"run the shim",
                      f"systemctl reload {name} (SIGHUP re-reads the hook files; guests keep running)")
     pid, name, t = daemons[0]
     return Check(OK, "hook-loaded", f"{name} (pid {pid}) started {_fmt_time(t)}, after the shim appeared")

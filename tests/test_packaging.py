@@ -1,0 +1,331 @@
+"""packaging/: units, man pages, Debian and RPM metadata agree with the code (fast, no builds).
+
+The builds themselves and an install into a fresh Debian root are in
+tests/integration/test_package_install.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+PKG = REPO / "packaging"
+UNITS = PKG / "systemd"
+MAN = PKG / "man"
+
+
+def read_unit(path) -> dict:
+    """section -> key -> [values] (systemd allows a key several times)."""
+    out: dict = {}
+    section = None
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            section = out.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        section.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def one(unit: dict, section: str, key: str) -> str:
+    values = unit[section].get(key)
+    assert values, f"[{section}] {key}= missing"
+    return values[-1]
+
+
+# ----------------------------------------------------------------- units
+
+def test_socket_unit():
+    u = read_unit(UNITS / "hookd.socket")
+    assert one(u, "Socket", "ListenStream") == "/run/hookd/hookd.sock"
+    assert one(u, "Socket", "SocketMode") == "0600"
+    assert one(u, "Socket", "FileDescriptorName") == "hook"
+    before = " ".join(u["Unit"]["Before"]).split()
+    assert "libvirtd.service" in before and "virtqemud.service" in before
+    assert one(u, "Install", "WantedBy") == "sockets.target"
+
+
+def test_socket_path_agrees_with_the_config_default_and_the_shim():
+    from hookd.config import SCHEMA
+    u = read_unit(UNITS / "hookd.socket")
+    assert one(u, "Socket", "ListenStream") == SCHEMA["hookd"]["socket"][1]
+    from hookd.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    sock_opt = next(a for a in sub.choices["install-hook"]._actions if a.dest == "socket")
+    assert sock_opt.default == SCHEMA["hookd"]["socket"][1]
+
+
+HARDENING = {
+    "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes", "PrivateNetwork": "yes",
+    "RestrictAddressFamilies": "AF_UNIX", "NoNewPrivileges": "yes",
+    "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes", "ProtectClock": "yes", "ProtectHostname": "yes",
+    "LockPersonality": "yes", "MemoryDenyWriteExecute": "yes", "RestrictRealtime": "yes",
+    "RestrictSUIDSGID": "yes", "RestrictNamespaces": "yes", "PrivateDevices": "yes",
+    "SystemCallArchitectures": "native", "CapabilityBoundingSet": "CAP_CHOWN",
+}
+
+
+def test_service_unit():
+    u = read_unit(UNITS / "hookd.service")
+    s = u["Service"]
+    assert one(u, "Service", "Type") == "notify"
+    assert one(u, "Service", "NotifyAccess") == "main"
+    assert one(u, "Service", "WatchdogSec") == "30"
+    assert one(u, "Service", "Restart") == "on-failure"
+    assert one(u, "Service", "ExecStart") == "/usr/bin/hookd --config /etc/hookd/hookd.conf"
+    assert one(u, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert one(u, "Service", "RuntimeDirectory") == "hookd"
+    # hookd.socket's listening socket lives in /run/hookd: a service restart must keep it.
+    assert one(u, "Service", "RuntimeDirectoryPreserve") == "yes"
+    assert one(u, "Service", "StateDirectory") == "hookd"
+    assert one(u, "Service", "ConfigurationDirectory") == "hookd"
+    for key, value in HARDENING.items():
+        assert one(u, "Service", key) == value, key
+    assert s["SystemCallFilter"][0] == "@system-service"
+    # Never ordered after libvirtd: libvirtd's hooks wait for hookd, not the reverse.
+    for key in ("After", "Requires", "Wants", "BindsTo"):
+        assert not any("libvirtd" in v or "virtqemud" in v for v in u["Unit"].get(key, [])), key
+    assert "hookd.socket" in " ".join(u["Unit"]["Requires"])
+    assert one(u, "Install", "WantedBy") == "multi-user.target"
+    assert one(u, "Install", "Also") == "hookd.socket"
+    assert "ReadWritePaths" not in s      # connect() needs no write access to the mount
+
+
+def _systemd_analyze():
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (packaging/install-build-deps installs it)")
+    return tool
+
+
+def test_systemd_analyze_verify_is_clean(tmp_path):
+    tool = _systemd_analyze()
+    # verify wants ExecStart's binary to exist: point it at a stand-in, change nothing else.
+    exe = tmp_path / "hookd"
+    exe.write_text("#!/bin/sh\nexit 0\n")
+    exe.chmod(0o755)
+    for name in ("hookd.socket", "hookd.service"):
+        text = (UNITS / name).read_text()
+        if name == "hookd.service":
+            assert "ExecStart=/usr/bin/hookd " in text
+            text = text.replace("ExecStart=/usr/bin/hookd ", f"ExecStart={exe} ")
+        (tmp_path / name).write_text(text)
+    r = subprocess.run([tool, "verify", "--man=no", str(tmp_path / "hookd.socket"),
+                        str(tmp_path / "hookd.service")],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (r.stdout + r.stderr).strip() == "", r.stdout + r.stderr
+
+
+def test_systemd_analyze_security_exposure_at_most_2_5():
+    tool = _systemd_analyze()
+    r = subprocess.run([tool, "security", "--offline=yes", "--no-pager", str(UNITS / "hookd.service")],
+                       capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for hookd\.service: (\d+(?:\.\d+)?)", r.stdout + r.stderr)
+    assert m, r.stdout + r.stderr
+    assert float(m.group(1)) <= 2.5, r.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare (mount and network namespaces)")
+def test_unix_connect_works_read_only_and_in_a_private_network_namespace(tmp_path):
+    """What the unit's sandbox relies on: ProtectSystem=strict makes /run read-only and
+    PrivateNetwork=yes gives a new network namespace; neither stops connect() to a
+    filesystem AF_UNIX socket such as /run/libvirt/libvirt-sock."""
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind(str(path))
+        srv.listen(1)
+        srv.settimeout(20)
+        script = (f"mount --bind {tmp_path} {tmp_path} && mount -o remount,bind,ro {tmp_path} && "
+                  f"! touch {tmp_path}/w 2>/dev/null && "
+                  f"{sys.executable} -c \"import socket; s=socket.socket(socket.AF_UNIX); "
+                  f"s.connect('{path}'); s.sendall(b'ok')\"")
+        p = subprocess.Popen(["unshare", "--mount", "--net", "--propagation", "private", "sh", "-c", script],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        conn, _ = srv.accept()
+        with conn:
+            assert conn.recv(2) == b"ok"
+        out, err = p.communicate(timeout=20)
+        assert p.returncode == 0, err
+
+
+# ----------------------------------------------------------------- man pages
+
+def roff_text(path) -> str:
+    text = path.read_text()
+    text = re.sub(r"\\f[BIRP]|\\fB|\\&", "", text)
+    return text.replace("\\-", "-").replace("\\(em", "--")
+
+
+OPTION_RE = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
+
+
+def help_options(parser: argparse.ArgumentParser) -> set:
+    """Every option string the parser's --help shows (and the choices of each)."""
+    text = parser.format_help()
+    found = set(OPTION_RE.findall(text))
+    for action in parser._actions:
+        if action.option_strings and action.help is not argparse.SUPPRESS:
+            assert set(action.option_strings) <= found
+            if action.choices and not isinstance(action, argparse._SubParsersAction):
+                found.update(str(c) for c in action.choices)
+    return found
+
+
+def man_sections(text: str, macro: str) -> dict:
+    parts = re.split(rf"^\.{macro} +\"?([^\"\n]+)\"?\n", text, flags=re.M)
+    return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+
+
+def hookctl_subparsers() -> dict:
+    from hookd.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, dict(sub.choices)
+
+
+def test_hookd_man_page_lists_every_option_of_hookd_help():
+    from hookd.daemon import build_parser
+    man = roff_text(MAN / "hookd.8")
+    for opt in help_options(build_parser()):
+        assert re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", man), f"hookd.8 lacks {opt}"
+
+
+def test_hookctl_man_page_has_a_section_listing_every_option_of_each_command():
+    parser, subs = hookctl_subparsers()
+    man = roff_text(MAN / "hookctl.8")
+    for opt in help_options(parser) - {"-h", "--help"}:
+        assert re.search(rf"^\.(?:B|BR|BI|TP)?\s*{re.escape(opt)}\b", man, re.M) or opt in man, \
+            f"hookctl.8 lacks global option {opt}"
+    sections = man_sections(man, "SS")
+    for name, sp in subs.items():
+        title = f"hookctl {name}"
+        assert title in sections, f"hookctl.8 has no .SS \"{title}\" section"
+        body = sections[title]
+        for opt in help_options(sp) - {"-h", "--help"}:
+            assert re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", body), \
+                f"hookctl.8 section {title!r} lacks {opt}"
+    assert set(sections) == {f"hookctl {n}" for n in subs}, "a man section for a command that is gone"
+
+
+def test_hookd_conf_man_page_lists_every_config_key_in_its_section():
+    from hookd.config import RULE_KEYS, SCHEMA
+    sections = man_sections(roff_text(MAN / "hookd.conf.5"), "SH")
+    for section, keys in SCHEMA.items():
+        body = sections.get(f"[{section}]")
+        assert body is not None, f"hookd.conf.5 has no .SH \"[{section}]\""
+        for key in keys:
+            assert re.search(rf"^\.(?:B|BR|BI)\s+{re.escape(key)}\b", body, re.M), \
+                f"hookd.conf.5 [{section}] lacks {key}"
+    body = sections.get("[rule:NAME]")
+    assert body is not None
+    for key in RULE_KEYS:
+        assert re.search(rf"^\.(?:B|BR|BI)\s+{re.escape(key)}\b", body, re.M), f"[rule:NAME] lacks {key}"
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="man-db is not installed")
+@pytest.mark.parametrize("page", ["hookd.8", "hookctl.8", "hookd.conf.5"])
+def test_man_pages_render_without_warnings(page):
+    r = subprocess.run(["man", "--warnings", "-E", "UTF-8", "-l", str(MAN / page)],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "MANWIDTH": "80", "LC_ALL": "C.UTF-8"})
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+    assert "SYNOPSIS" in r.stdout
+
+
+# ----------------------------------------------------------------- versions and metadata
+
+def test_version_agrees_everywhere():
+    from hookd import __version__
+    changelog = (PKG / "debian" / "changelog").read_text().splitlines()[0]
+    m = re.match(r"hookd \(([^)]+)\) ", changelog)
+    assert m, changelog
+    upstream = m.group(1).rsplit("-", 1)[0]
+    assert upstream == __version__
+    spec = (PKG / "rpm" / "hookd.spec").read_text()
+    assert re.search(r"^Version:\s+(\S+)$", spec, re.M).group(1) == __version__
+    assert re.search(rf"^\* .* - {re.escape(__version__)}-\d+$", spec, re.M), "spec %changelog entry"
+
+
+def test_debian_metadata():
+    d = PKG / "debian"
+    control = (d / "control").read_text()
+    assert "debhelper-compat (= 13)" in control
+    assert "dh-python" in control
+    depends = re.search(r"^Depends:(.*?)(?=^\S)", control, re.M | re.S).group(1)
+    for dep in ("python3-libvirt", "python3-lxml", "python3-systemd", "python3-pyinotify"):
+        assert dep in depends
+    rules = (d / "rules").read_text()
+    assert os.access(d / "rules", os.X_OK)
+    assert "--buildsystem=pybuild" in rules
+    assert "install-hook $(PKG)/etc/libvirt/hooks/qemu.d" in rules
+    assert "etc/libvirt/hooks/qemu " not in rules and not rules.rstrip().endswith("hooks/qemu")
+    postinst = (d / "hookd.postinst").read_text()
+    assert "try-reload-or-restart" in postinst and "#DEBHELPER#" in postinst
+    postrm = (d / "hookd.postrm").read_text()
+    purge = re.search(r"purge\)(.*?);;", postrm, re.S).group(1)
+    assert "rm -rf /var/lib/hookd" in purge
+    assert postrm.count("/var/lib/hookd") == 1, "only purge may remove the state"
+    assert (d / "source" / "format").read_text().strip() == "3.0 (quilt)"
+    for page in ("hookd.8", "hookctl.8", "hookd.conf.5"):
+        assert f"packaging/man/{page}" in (d / "hookd.manpages").read_text()
+
+
+def test_rpm_spec_files_match_the_deb():
+    spec = (PKG / "rpm" / "hookd.spec").read_text()
+    for macro in ("%systemd_post", "%systemd_preun", "%systemd_postun_with_restart"):
+        assert macro in spec
+    for path in ("%{_bindir}/hookd", "%{_bindir}/hookctl", "%{_datadir}/hookd/",
+                 "%config(noreplace) %{_sysconfdir}/hookd/hookd.conf",
+                 "%{_sysconfdir}/libvirt/hooks/qemu.d/50-hookd", "%{_unitdir}/hookd.service",
+                 "%{_unitdir}/hookd.socket", "%{_mandir}/man8/hookd.8", "%{_mandir}/man8/hookctl.8",
+                 "%{_mandir}/man5/hookd.conf.5"):
+        assert path in spec, path
+    assert "try-reload-or-restart" in spec
+    for dep in ("python3-libvirt", "python3-lxml", "python3-systemd"):
+        assert re.search(rf"^Requires:\s+{dep}$", spec, re.M)
+
+
+@pytest.mark.parametrize("script", ["build-deb", "build-rpm", "check-install", "install-build-deps"])
+def test_scripts_are_executable_posix_sh(script):
+    path = PKG / script
+    assert os.access(path, os.X_OK)
+    assert path.read_text().startswith("#!/bin/sh\n")
+    r = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    if shutil.which("shellcheck"):
+        r = subprocess.run(["shellcheck", "-S", "warning", str(path)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout
+
+
+@pytest.mark.parametrize("script", ["build-deb", "build-rpm", "check-install"])
+def test_scripts_refuse_unknown_arguments_in_one_line(script):
+    r = subprocess.run([str(PKG / script), "--bogus"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "unknown argument" in r.stderr
+
+
+def test_packaged_shim_renders_from_the_template(tmp_path):
+    """What debian/rules and the spec run at build time."""
+    from tests.conftest import run_hookctl
+    r = run_hookctl("install-hook", tmp_path)
+    assert r.returncode == 0, r.stderr
+    shim = tmp_path / "50-hookd"
+    assert os.access(shim, os.X_OK)
+    text = shim.read_text()
+    assert text.startswith("#!/bin/sh\n") and "@SOCKET@" not in text
+    assert "SOCKET = '/run/hookd/hookd.sock'" in text
