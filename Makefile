@@ -4,7 +4,7 @@ PY := /usr/bin/python3
 export PYTHONPATH := $(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: test deps bench
+.PHONY: test deps bench demo
 
 deps:
 	sh scripts/install-deps
@@ -14,3 +14,6 @@ test: deps
 
 bench: deps
 	$(PY) bench/run.py
+
+demo: deps
+	$(PY) demo/demo.py
