@@ -48,14 +48,22 @@ def _load_config(args):
 # --------------------------------------------------------------- explain/rewrite
 
 EXPLAIN_FIELDS = ("domain", "instance_uuid", "verdict", "serial_current", "serial_policy",
-                  "rule", "mode", "reason")
+                  "rule", "mode", "reason", "new_pin")
+
+
+def _pin_lookup(cfg):
+    """Read-only pin lookups for explain/rewrite; they never create a store or a pin."""
+    from hookd.store import PINS_DB, open_store
+    if cfg.store.backend == "sqlite" and not os.path.exists(os.path.join(cfg.daemon.state_dir, PINS_DB)):
+        return None
+    return open_store(cfg).get
 
 
 def cmd_explain(args) -> int:
     from hookd.engine import evaluate
     cfg = _load_config(args)
     source = "stdin" if args.xml == "-" else args.xml
-    ev = evaluate(read_input(args.xml), cfg.policy, rewrite=False, what=source)
+    ev = evaluate(read_input(args.xml), cfg.policy, rewrite=False, what=source, pins=_pin_lookup(cfg))
     d = ev.decision.as_dict()
     if ev.facts.nova is not None:
         d["nova_name"] = ev.facts.nova.name
@@ -63,7 +71,7 @@ def cmd_explain(args) -> int:
     if args.json:
         print(json.dumps(d, indent=2, sort_keys=True))
         return EXIT_OK
-    rows = [(k, d.get(k)) for k in EXPLAIN_FIELDS]
+    rows = [(k, d.get(k)) for k in EXPLAIN_FIELDS if k != "new_pin" or d.get(k)]
     if d.get("chassis_serial"):
         rows.append(("chassis_serial", d["chassis_serial"]))
     width = max(len(k) for k, _ in rows)
@@ -77,7 +85,7 @@ def cmd_rewrite(args) -> int:
     cfg = _load_config(args)
     data = read_input(args.xml)
     source = "stdin" if args.xml == "-" else args.xml
-    ev = evaluate(data, cfg.policy, what=source)
+    ev = evaluate(data, cfg.policy, what=source, pins=_pin_lookup(cfg))
     out = ev.xml if ev.xml is not None else data
     sys.stdout.buffer.write(out)
     sys.stdout.buffer.flush()
@@ -289,6 +297,94 @@ def cmd_reconcile(args) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------- pins
+
+def _store(args):
+    from hookd.store import open_store
+    import socket as _socket
+    return open_store(_load_config(args), host=_socket.gethostname())
+
+
+def cmd_pin(args) -> int:
+    store = _store(args)
+    from hookd.store import check_pin
+    uuid, serial = check_pin(args.instance, args.serial)
+    store.set(uuid, serial, source="hookctl pin")
+    print(f"pinned {uuid} to {serial!r} ({store.backend} store)")
+    return EXIT_OK
+
+
+def cmd_unpin(args) -> int:
+    store = _store(args)
+    if not store.unpin(args.instance):
+        raise CliError(f"{args.instance} has no pin")
+    print(f"unpinned {args.instance}")
+    return EXIT_OK
+
+
+def cmd_pins(args) -> int:
+    pins = _store(args).all()
+    if args.json:
+        print(json.dumps(pins, indent=2, sort_keys=True))
+        return EXIT_OK
+    for uuid, p in pins.items():
+        print(f"{uuid}  {p['serial']!r:<40} {p.get('created') or '-'}  {p.get('source') or '-'}  {p.get('host') or '-'}")
+    print(f"{len(pins)} pins")
+    return EXIT_OK
+
+
+def cmd_adopt(args) -> int:
+    """Pin every Nova guest on this host to the serial it runs (or is defined) with now."""
+    import libvirt
+    from hookd.engine import evaluate
+    from hookd.policy import serial_problem, VERDICT_NOT_APPLICABLE, VERDICT_NOT_NOVA
+    cfg = _load_config(args)
+    store = _store(args)
+    uri = args.libvirt_uri or cfg.daemon.libvirt_uri
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as err:
+        raise CliError(f"cannot connect to libvirt at {uri}: {err.get_error_message()}") from err
+    pinned = 0
+    try:
+        for dom in conn.listAllDomains():
+            try:
+                # A running guest's live serial is what its licences see today.
+                xml = dom.XMLDesc(0 if dom.isActive() else libvirt.VIR_DOMAIN_XML_INACTIVE)
+            except libvirt.libvirtError as err:
+                print(f"skipped   {dom.name()}: {err.get_error_message()}")
+                continue
+            ev = evaluate(xml.encode(), cfg.policy, rewrite=False, what=f"domain {dom.name()}")
+            d = ev.decision
+            current = ev.facts.sysinfo.system_serial
+            if d.verdict in (VERDICT_NOT_NOVA, VERDICT_NOT_APPLICABLE):
+                print(f"skipped   {d.domain:<24} {d.instance_uuid}  {d.verdict}")
+                continue
+            problem = serial_problem(current)
+            if problem is not None:
+                print(f"skipped   {d.domain:<24} {d.instance_uuid}  serial {current!r} {problem}")
+                continue
+            existing = store.get(d.instance_uuid)
+            if existing is not None:
+                print(f"kept      {d.domain:<24} {d.instance_uuid}  already pinned to {existing!r}")
+                continue
+            if args.dry_run:
+                print(f"would pin {d.domain:<24} {d.instance_uuid}  {current!r}")
+                pinned += 1
+                continue
+            winner = store.pin_if_absent(d.instance_uuid, current, source="hookctl adopt")
+            if winner == current:
+                pinned += 1
+                print(f"pinned    {d.domain:<24} {d.instance_uuid}  {current!r}")
+            else:
+                print(f"kept      {d.domain:<24} {d.instance_uuid}  pinned meanwhile to {winner!r}")
+    finally:
+        conn.close()
+    print(f"{pinned} instances {'would be ' if args.dry_run else ''}pinned ({store.backend} store)")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------ parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,6 +452,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--socket", metavar="PATH", help="hook socket (default: [hookd] socket)")
     sp.add_argument("--timeout", type=float, default=120.0, metavar="S",
                     help="seconds to wait for the sweep (default 120)")
+    config_opt(sp)
+
+    sp = add("pin", cmd_pin, "pin an instance's serial (overrides every rule, mode and flavor key)")
+    sp.add_argument("instance", metavar="UUID", help="instance UUID")
+    sp.add_argument("serial", metavar="SERIAL", help="the serial (validated like any serial)")
+    config_opt(sp)
+
+    sp = add("unpin", cmd_unpin, "remove an instance's pin")
+    sp.add_argument("instance", metavar="UUID", help="instance UUID")
+    config_opt(sp)
+
+    sp = add("pins", cmd_pins, "list pinned serials")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    config_opt(sp)
+
+    sp = add("adopt", cmd_adopt, "pin every Nova guest on this host to the serial it has now (one-time rollout step)")
+    sp.add_argument("--dry-run", action="store_true", help="only list what would be pinned")
+    sp.add_argument("--libvirt-uri", metavar="URI", help="libvirt connection (default: [hookd] libvirt_uri)")
     config_opt(sp)
 
     sp = add("status", cmd_status, "ask the running daemon how it is; exits 1 when it is down")

@@ -143,6 +143,15 @@ def _uuid_list(s: Setting, *, dashed: bool = True) -> frozenset:
     return frozenset(out)
 
 
+def _endpoints(s: Setting) -> tuple:
+    out = []
+    for item in _list(s):
+        if not (item.startswith("http://") or item.startswith("https://")) or item.count(":") != 2:
+            raise ConfigError(f"endpoint {item!r}: expected http://HOST:PORT or https://HOST:PORT", s.path, s.line)
+        out.append(item.rstrip("/"))
+    return tuple(out)
+
+
 def _template(s: Setting) -> Optional[SerialTemplate]:
     if not s.value:
         return None
@@ -176,6 +185,15 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable, object]]] = {
         "enabled": (_bool, True),
         "interval": (_float(0, 86400), 600.0),
     },
+    "store": {
+        "backend": (_choice("sqlite", "etcd"), "sqlite"),
+        "endpoints": (_endpoints, ("http://127.0.0.1:2379",)),
+        "prefix": (_text, "/hookd/"),
+        "cert_file": (_path, ""),
+        "key_file": (_path, ""),
+        "ca_file": (_path, ""),
+        "timeout": (_float(0.1, 60), 2.0),
+    },
 }
 RULE_KEYS = ("instance", "project", "flavor", "image", "mode", "template")
 
@@ -192,6 +210,17 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    backend: str = "sqlite"
+    endpoints: Tuple[str, ...] = ("http://127.0.0.1:2379",)
+    prefix: str = "/hookd/"
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
 class Config:
     policy: PolicyConfig = PolicyConfig()
     daemon: DaemonSettings = DaemonSettings()
@@ -199,6 +228,7 @@ class Config:
     reconcile_enabled: bool = True
     reconcile_interval: float = 600.0
     sources: Tuple[str, ...] = ()
+    store: StoreSettings = StoreSettings()
 
     @property
     def config_dir(self) -> Optional[str]:
@@ -283,9 +313,16 @@ def build_config(sections: Dict[str, RawSection], sources: Tuple[str, ...]) -> C
         honour_flavor_and_image=get("policy", "honour_flavor_and_image"),
         non_nova=get("policy", "non_nova"), rules=tuple(rules))
     daemon = DaemonSettings(**{k: get("hookd", k) for k in SCHEMA["hookd"]})
+    store = StoreSettings(**{k: get("store", k) for k in SCHEMA["store"]})
+    if store.backend == "etcd" and bool(store.cert_file) != bool(store.key_file):
+        s = (sections["store"].keys.get("cert_file") or sections["store"].keys.get("key_file"))
+        raise ConfigError("cert_file and key_file go together", s.path, s.line)
+    if not store.prefix.startswith("/") or not store.prefix.endswith("/"):
+        s = sections["store"].keys["prefix"]
+        raise ConfigError(f"prefix {store.prefix!r} must start and end with '/'", s.path, s.line)
     return Config(policy=policy, daemon=daemon, on_mismatch=get("enforce", "on_mismatch"),
                   reconcile_enabled=get("reconcile", "enabled"),
-                  reconcile_interval=get("reconcile", "interval"), sources=sources)
+                  reconcile_interval=get("reconcile", "interval"), sources=sources, store=store)
 
 
 def _build_rule(sec: RawSection, default_template) -> Rule:

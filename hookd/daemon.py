@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from hookd.config import DEFAULT_CONFIG, Config, load_config
 from hookd.errors import HookdError
 from hookd.hookhandler import HookHandler
 from hookd.server import HookServer
+from hookd.store import open_store
 from hookd.supervisor import WorkerSupervisor
 
 log = logging.getLogger("hookd")
@@ -107,13 +109,16 @@ class Daemon:
         self.server: Optional[HookServer] = None
         self.proxy = None
         self.worker: Optional[WorkerSupervisor] = None
+        self.store = None
 
     # ------------------------------------------------------------- lifecycle
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         d = self.config.daemon
         self.audit = AuditLog(d.state_dir)
-        self.handler = HookHandler(lambda: self.config, self.audit)
+        self.store = open_store(self.config, host=self.audit.host)
+        await self.store.start()
+        self.handler = HookHandler(lambda: self.config, self.audit, self.store)
         fds = _inherited_fds()
         self.server = HookServer(d.socket, self.dispatch, listen_fd=fds.get(FD_NAME_HOOK))
         await self.server.start()
@@ -140,6 +145,7 @@ class Daemon:
             await self.proxy.close()
         await self.server.drain(SHUTDOWN_GRACE_S)
         await self.worker.close()
+        await self.store.aclose()
         if watchdog is not None:
             watchdog.cancel()
         if self._notifier is not None:
@@ -153,7 +159,7 @@ class Daemon:
         from hookd.proxy import LibvirtProxy
         from hookd.proxyhandler import DefinitionRewriter
         d = self.config.daemon
-        rewriter = DefinitionRewriter(lambda: self.config, self.audit)
+        rewriter = DefinitionRewriter(lambda: self.config, self.audit, self.store)
         self.proxy = LibvirtProxy(listen_path=d.proxy_socket, upstream_path=d.libvirt_socket,
                                   rewrite=rewriter.rewrite, on_error=rewriter.on_error,
                                   allowed_gid=resolve_group(d.proxy_group), listen_fd=fd)
@@ -191,6 +197,7 @@ class Daemon:
             "audit": {"path": self.audit.path, "written": self.audit.written, "pending": self.audit.pending,
                       "failing": self.audit.failing, "dropped": self.audit.dropped},
             "proxy": proxy,
+            "store": self.store.status(),
             **self.worker.status(),
         }
 
@@ -221,9 +228,10 @@ class Daemon:
             return False
         if new.daemon != self.config.daemon:
             log.warning("configuration reload (%s): [hookd] changes take effect at the next restart", why)
-            new = Config(policy=new.policy, daemon=self.config.daemon, on_mismatch=new.on_mismatch,
-                         reconcile_enabled=new.reconcile_enabled, reconcile_interval=new.reconcile_interval,
-                         sources=new.sources)
+            new = dataclasses.replace(new, daemon=self.config.daemon)
+        if new.store != self.config.store:
+            log.warning("configuration reload (%s): [store] changes take effect at the next restart", why)
+            new = dataclasses.replace(new, store=self.config.store)
         self.config = new
         self.worker.reload()
         self.reloads += 1

@@ -8,7 +8,7 @@ when the decision says so. It holds no state and does no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from hookd import domainxml, sysinfoxml
 from hookd.model import DomainFacts
@@ -28,13 +28,15 @@ class Evaluation:
 
 
 def evaluate(data: bytes, policy: PolicyConfig, *, rewrite: bool = True,
-             what: str = "domain XML") -> Evaluation:
+             what: str = "domain XML", pins: Optional[Callable[[str], Optional[str]]] = None) -> Evaluation:
     """Decide the serial for one domain document and, if asked, rewrite it.
 
-    Raises hookd.errors.XmlError for anything it refuses to read.
+    `pins(instance_uuid)` returns the instance's pinned serial or None; it must not
+    block (the stores answer from memory or a local file). Raises
+    hookd.errors.XmlError for anything it refuses to read.
     """
     root, facts = domainxml.read_domain(data, what=what)
-    decision = decide_serial(facts, policy)
+    decision = decide_serial(facts, policy, pins(facts.uuid) if pins is not None else None)
     out = None
     if rewrite and decision.verdict == VERDICT_REWRITE:
         sysinfoxml.set_system_serial(root, decision.serial_policy,

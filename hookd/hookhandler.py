@@ -17,7 +17,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 from hookd.audit import AuditLog
 from hookd.config import Config
-from hookd.engine import Evaluation, evaluate
+from hookd.engine import Evaluation
+from hookd.store import PinnedEvaluator
 from hookd.errors import HookdError
 from hookd.policy import VERDICT_REWRITE
 from hookd.wire import PROTOCOL_VERSION
@@ -38,9 +39,10 @@ ACTION_DRIFT = "drift"        # allowed: the serial cannot change on this path
 
 
 class HookHandler:
-    def __init__(self, get_config: Callable[[], Config], audit: AuditLog):
+    def __init__(self, get_config: Callable[[], Config], audit: AuditLog, store=None):
         self._config = get_config
         self.audit = audit
+        self.evaluator = PinnedEvaluator(store, log)
         self.counters: Counter = Counter()
         self._incoming: Dict[str, Tuple[str, float]] = {}
         #: Told of every hook call (instance UUID, op) so libvirt work on that domain
@@ -59,8 +61,8 @@ class HookHandler:
             xml = ""
         cfg = self._config()
         try:
-            ev = evaluate(xml.encode("utf-8", "surrogatepass"), cfg.policy, rewrite=False,
-                          what=f"{op} XML of domain {name!r}")
+            ev, pinned = self.evaluator.evaluate(xml.encode("utf-8", "surrogatepass"), cfg.policy, rewrite=False,
+                                                 what=f"{op} XML of domain {name!r}", source=f"preserve:{op}")
         except HookdError as err:
             # Never break a start because hookd cannot read what libvirt sent.
             self.counters["error"] += 1
@@ -69,6 +71,8 @@ class HookHandler:
             return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
         if self.on_hook is not None:
             self.on_hook(ev.decision.instance_uuid, op)
+        if pinned is not None:
+            self._record_pin(op, ev, pinned)
         if op in INCOMING_OPS:
             return self._incoming_call(op, name, ev)
         return self._prepare(name, ev, cfg, msg.get("extra"))
@@ -81,6 +85,14 @@ class HookHandler:
             nova_name=nova.name if nova else None, project=nova.project_uuid if nova else None,
             flavor=nova.flavor_name if nova else None, serial_seen=d.serial_current,
             serial_wanted=d.serial_policy, verdict=d.verdict, rule=d.rule, action=action, detail=detail)
+
+    def _record_pin(self, op: str, ev: Evaluation, serial: str) -> None:
+        d = ev.decision
+        log.info("instance %s (%s): pinned serial %r on first sight (%s, %s)", d.instance_uuid, d.domain,
+                 serial, op, d.rule)
+        self.audit.record(operation="pin", domain=d.domain, instance_uuid=d.instance_uuid,
+                          serial_seen=d.serial_current, serial_wanted=serial, verdict=d.verdict, rule=d.rule,
+                          action="pinned", detail=f"mode preserve, first seen at {op}")
 
     def _incoming_call(self, op: str, name: str, ev: Evaluation) -> dict:
         d = ev.decision

@@ -12,13 +12,13 @@ from __future__ import annotations
 import fnmatch
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, FrozenSet, Optional, Tuple
 
 from hookd.errors import ConfigError
 from hookd.model import DomainFacts, NovaInstance, canonical_uuid
 
-MODES = ("unique", "host", "template")
+MODES = ("unique", "host", "template", "preserve")
 NON_NOVA_CHOICES = ("ignore", "apply")
 
 VERDICT_COMPLIANT = "compliant"
@@ -32,6 +32,7 @@ SOURCE_IMAGE = "image"
 SOURCE_NOT_NOVA = "not-nova"
 SOURCE_NOT_APPLICABLE = "not-applicable"
 SOURCE_FALLBACK = "fallback-invalid-template"
+SOURCE_PIN = "pin"
 
 #: hookd's own flavor extra spec: Nova (microversion >= 2.86) validates keys in its
 #: own namespaces such as hw:, but accepts namespaces it does not know.
@@ -176,6 +177,9 @@ class SerialDecision:
     reason: str
     chassis_serial: Optional[str] = None
     set_smbios_mode: bool = False
+    #: preserve mode met an instance with no pin: the caller stores this serial as
+    #: its pin (first writer wins), and from then on the pin decides.
+    new_pin: Optional[str] = None
 
     def as_dict(self) -> dict:
         return {
@@ -189,6 +193,7 @@ class SerialDecision:
             "domain": self.domain,
             "chassis_serial": self.chassis_serial,
             "set_smbios_mode": self.set_smbios_mode,
+            "new_pin": self.new_pin,
         }
 
 
@@ -229,8 +234,12 @@ def template_values(facts: DomainFacts) -> Dict[str, str]:
     }
 
 
-def decide_serial(facts: DomainFacts, policy: PolicyConfig) -> SerialDecision:
-    """Apply the precedence (non-Nova, not-applicable, rules, flavor/image, default)."""
+def decide_serial(facts: DomainFacts, policy: PolicyConfig, pin: Optional[str] = None) -> SerialDecision:
+    """Apply the precedence (non-Nova, not-applicable, pin, rules, flavor/image, default).
+
+    `pin` is the instance's pinned serial, looked up by the caller (the store is not
+    this module's business); it overrides every step but the first two.
+    """
     current = facts.sysinfo.system_serial
 
     def outcome(verdict, wanted, source, mode, reason, **kw):
@@ -246,7 +255,25 @@ def decide_serial(facts: DomainFacts, policy: PolicyConfig) -> SerialDecision:
                        f"arch {facts.arch or 'unknown'} without <sysinfo type='smbios'>: "
                        "no SMBIOS serial to manage")
 
+    if pin is not None:
+        problem = serial_problem(pin)
+        if problem is not None:
+            # A pin written behind hookd's back (the store is shared) is still untrusted.
+            return _fallback(outcome, facts, policy, SOURCE_PIN, f"pinned serial {pin!r} {problem}")
+        return _finish(outcome, facts, policy, pin, SOURCE_PIN, "pin",
+                       f"instance {facts.uuid} is pinned to {pin!r}")
+
     mode, template, source, why = _choose_mode(facts, policy)
+    if mode == "preserve":
+        # First sight of this instance: keep the serial it carries now, for good.
+        problem = serial_problem(current)
+        if problem is not None:
+            d = _fallback(outcome, facts, policy, source,
+                          f"{why}: its current serial {current!r} {problem}, so there is nothing to preserve")
+            return replace(d, new_pin=d.serial_policy)
+        d = _finish(outcome, facts, policy, current, source, mode,
+                    f"{why}; pins the serial it carries now, {current!r}")
+        return replace(d, new_pin=current)
     if mode == "host":
         # Hands off: whatever the definition carries is the policy serial.
         return outcome(VERDICT_COMPLIANT, current, source, mode, why + "; keeps the serial it has")

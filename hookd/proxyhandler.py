@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from hookd.audit import AuditLog
 from hookd.config import Config
-from hookd.engine import evaluate
+from hookd.store import PinnedEvaluator
 
 log = logging.getLogger("hookd.proxy.policy")
 
@@ -27,14 +27,20 @@ AUDIT_OPERATION = {
 
 
 class DefinitionRewriter:
-    def __init__(self, get_config: Callable[[], Config], audit: AuditLog):
+    def __init__(self, get_config: Callable[[], Config], audit: AuditLog, store=None):
         self._config = get_config
         self.audit = audit
+        self.evaluator = PinnedEvaluator(store, log)
         self.counters: Counter = Counter()
 
     def rewrite(self, op: str, xml: str) -> Optional[str]:
-        ev = evaluate(xml.encode("utf-8"), self._config().policy, what=f"{op} XML")
+        ev, pinned = self.evaluator.evaluate(xml.encode("utf-8"), self._config().policy, rewrite=True,
+                                             what=f"{op} XML", source=f"preserve:{op}")
         d, nova = ev.decision, ev.facts.nova
+        if pinned is not None:
+            self.audit.record(operation="pin", domain=d.domain, instance_uuid=d.instance_uuid,
+                              serial_seen=d.serial_current, serial_wanted=pinned, verdict=d.verdict, rule=d.rule,
+                              action="pinned", detail=f"mode preserve, first seen at {op}")
         self.counters[d.verdict] += 1
         action = "rewritten" if ev.xml is not None else "unchanged"
         self.audit.record(
