@@ -67,6 +67,8 @@ class AuditLog:
         self.failing: Optional[str] = None
         self.dropped = 0
         self.written = 0
+        #: Called with every row as a dict (the etcd store keeps a copy of the audit).
+        self.mirror = None
         os.makedirs(state_dir, mode=0o750, exist_ok=True)
         self._open()
 
@@ -93,6 +95,8 @@ class AuditLog:
         row.setdefault("time", now_iso())
         row.setdefault("host", self.host)
         values = tuple(None if row.get(c) is None else str(row.get(c)) for c in COLUMNS)
+        if self.mirror is not None:
+            self.mirror(dict(zip(COLUMNS, values)))
         if len(self._pending) == self._pending.maxlen:
             self.dropped += 1
         self._pending.append(values)

@@ -258,6 +258,15 @@ def cmd_status(args) -> int:
     a = st.get("audit", {})
     print(f"audit       {a.get('path')}: {a.get('written')} rows written, {a.get('pending')} pending"
           + (f", FAILING: {a['failing']}" if a.get("failing") else ""))
+    store = st.get("store")
+    if store is not None:
+        if store.get("backend") == "etcd":
+            print(f"store       etcd {', '.join(store.get('endpoints', []))}: "
+                  f"{'reachable' if store.get('reachable') else 'UNREACHABLE (' + str(store.get('last_error')) + ')'}"
+                  f"; {store.get('cached')} pins cached, {store.get('queued')} queued, "
+                  f"{store.get('conflicts')} conflicts")
+        else:
+            print(f"store       sqlite {store.get('path')}")
     proxy = st.get("proxy")
     if proxy is not None:
         print(f"proxy       {proxy.get('clients_connected')} clients connected, "

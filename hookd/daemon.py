@@ -118,6 +118,8 @@ class Daemon:
         self.audit = AuditLog(d.state_dir)
         self.store = open_store(self.config, host=self.audit.host)
         await self.store.start()
+        if hasattr(self.store, "mirror_audit"):
+            self.audit.mirror = self.store.mirror_audit
         self.handler = HookHandler(lambda: self.config, self.audit, self.store)
         fds = _inherited_fds()
         self.server = HookServer(d.socket, self.dispatch, listen_fd=fds.get(FD_NAME_HOOK))

@@ -49,8 +49,8 @@ class SqlitePinStore:
 
     backend = "sqlite"
 
-    def __init__(self, state_dir: str, host: str = ""):
-        self.path = os.path.join(state_dir, PINS_DB)
+    def __init__(self, state_dir: str, host: str = "", filename: str = PINS_DB):
+        self.path = os.path.join(state_dir, filename)
         self.host = host
         try:
             os.makedirs(state_dir, mode=0o750, exist_ok=True)
@@ -123,7 +123,7 @@ def open_store(config, host: str = ""):
     """The pin store the configuration names (hookctl and the daemon alike)."""
     if config.store.backend == "etcd":
         from hookd.etcdstore import EtcdPinStore
-        return EtcdPinStore(config.store, host=host)
+        return EtcdPinStore(config.store, host=host, state_dir=config.daemon.state_dir)
     return SqlitePinStore(config.daemon.state_dir, host=host)
 
 

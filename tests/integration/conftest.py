@@ -94,3 +94,12 @@ def hookd_factory(tmp_path):
     yield make
     for d in daemons:
         d.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    """A started real etcd on loopback (stopped by pid at teardown)."""
+    from tests.integration.etcd_proc import EtcdProcess
+    e = EtcdProcess(tmp_path / "etcd").start()
+    yield e
+    e.stop()
