@@ -30,7 +30,11 @@ def write_config(tmp_path, host) -> str:
     path = tmp_path / "etc" / "hookd.conf"
     path.parent.mkdir(exist_ok=True)
     # The hook socket lives in tmp_path: the namespaced libvirtd has a private /run.
-    path.write_text(f"""[hookd]
+    # The reconciler is off: it would fix the out-of-policy definitions doctor must count.
+    path.write_text(f"""[reconcile]
+enabled = false
+
+[hookd]
 socket = {tmp_path}/hookd.sock
 state_dir = {tmp_path}/state
 proxy_socket =
