@@ -1,0 +1,162 @@
+"""Fixtures of the reliability suite, and the fault table printed at the end of the run.
+
+Every test records what it did with ``record(fault, expected, observed)``; a row
+passes when the test that recorded it passed (or when ``ok=`` says otherwise), and
+``pytest_terminal_summary`` prints all rows as one table. The real-libvirt fixtures
+(libvirt_hosts, hookd_factory, guest_image, libvirt_env) are the integration
+suite's own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import textwrap
+import threading
+import time
+from typing import Callable, List, Optional
+
+import pytest
+
+from tests.integration.conftest import (  # noqa: F401  (re-exported fixtures)
+    guest_image,
+    hookd_factory,
+    libvirt_env,
+    libvirt_hosts,
+)
+
+_ROWS: List[dict] = []
+_ROWS_KEY = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def record(request) -> Callable[..., None]:
+    """record(fault, expected, observed, ok=None): one row of the fault table.
+
+    Record a row right before the assertion that checks it: if the test fails, its
+    last undecided row is marked FAIL and the earlier ones PASS (they were checked).
+    """
+    rows = request.node.stash.setdefault(_ROWS_KEY, [])
+
+    def add(fault: str, expected: str, observed: str, ok: Optional[bool] = None) -> None:
+        row = {"test": request.node.name, "fault": fault, "expected": expected,
+               "observed": str(observed), "ok": ok}
+        rows.append(row)
+        _ROWS.append(row)
+
+    return add
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    rows = item.stash.get(_ROWS_KEY, [])
+    if report.when == "call" or report.failed:
+        # Tests record a row right before asserting on it: when the call failed, the
+        # last undecided row is the one that failed and the ones before it held.
+        undecided = [row for row in rows if row["ok"] is None]
+        for row in undecided:
+            row["ok"] = True
+        if report.failed and report.when == "call" and undecided:
+            undecided[-1]["ok"] = False
+        elif report.failed:
+            for row in rows:
+                row["ok"] = False            # setup/teardown broke: nothing this test saw counts
+        if report.failed and not rows:
+            row = {"test": item.name, "fault": item.name, "expected": "(see test docstring)",
+                   "observed": f"{report.when} failed before recording", "ok": False}
+            rows.append(row)
+            item.stash[_ROWS_KEY] = rows
+            _ROWS.append(row)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _ROWS:
+        return
+    tr = terminalreporter
+    tr.section("hookd reliability: faults injected, expected and observed")
+    widths = (28, 44, 52, 4)
+    head = ("fault", "expected", "observed", "pass")
+
+    def emit(cells):
+        wrapped = [textwrap.wrap(c, w) or [""] for c, w in zip(cells, widths)]
+        for i in range(max(len(w) for w in wrapped)):
+            tr.write_line(" | ".join((w[i] if i < len(w) else "").ljust(width)
+                                     for w, width in zip(wrapped, widths)).rstrip())
+
+    emit(head)
+    tr.write_line("-+-".join("-" * w for w in widths))
+    for row in _ROWS:
+        emit((row["fault"], row["expected"], row["observed"],
+              {True: "PASS", False: "FAIL", None: "?"}[row["ok"]]))
+    bad = sum(1 for r in _ROWS if r["ok"] is not True)
+    tr.write_line(f"{len(_ROWS)} faults, {len(_ROWS) - bad} as expected, {bad} not")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def wait_for(cond, timeout: float, what: str, interval: float = 0.05):
+    """Poll cond() until truthy (returned) or fail after timeout: a bounded wait, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def restart_hookd(d, timeout: float = 20.0) -> None:
+    """Start a HookdProcess again after it died or was stopped (same config, sockets, state)."""
+    if d.proc is not None and d.proc.poll() is None:
+        raise AssertionError("hookd is still running")
+    if d._notify is not None:
+        d._notify.close()
+        d._notify = None
+    d.start(timeout)
+
+
+def kill_hookd(d, sig=signal.SIGKILL) -> None:
+    """SIGKILL hookd by pid (SIGCONT first, so a stopped one dies now) and reap it."""
+    d.proc.send_signal(sig)
+    if sig == signal.SIGKILL:
+        d.proc.wait(10)
+
+
+def destroy_all_parallel(host, timeout: float = 60.0) -> None:
+    """Destroy every running domain of `host` at once (QEMU needs ~1.5 s each to exit)."""
+    import libvirt
+    conn = host.connect()
+    try:
+        doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+
+        def destroy(dom):
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                pass
+        threads = [threading.Thread(target=destroy, args=(d,), daemon=True) for d in doms]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout)
+    finally:
+        conn.close()
+
+
+def status_json(d, timeout: float = 10) -> dict:
+    import json
+    from tests.conftest import run_hookctl
+    res = run_hookctl("status", "--socket", d.socket, "--json", timeout=timeout)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def run_as_nobody(argv, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", *argv],
+                          capture_output=True, text=True, timeout=kw.pop("timeout", 60),
+                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp", "LC_ALL": "C"},
+                          **kw)

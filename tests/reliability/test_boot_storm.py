@@ -1,0 +1,114 @@
+"""A hypervisor coming back up: 30 guests defined and started at once through hookd.
+
+Real namespaced libvirtd + QEMU (TCG, diskless), hookd with its proxy in front of
+that libvirtd, the shim installed with on_mismatch = deny and on_unreachable = deny:
+a guest only starts if its definition reached libvirt with the policy serial AND
+its prepare hook got hookd's answer in time.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+from tests.reliability.conftest import destroy_all_parallel, status_json, wait_for
+from tests.reliability.storm import HOST_SERIAL, boot_storm
+
+pytestmark = pytest.mark.libvirt
+
+GUESTS = 30
+HOOK_TIMEOUT = 10.0
+
+
+def events_worker_available(d) -> bool:
+    """True when this build has the libvirt events worker (it records `started` rows);
+    then it must connect to this test's libvirtd (bounded wait)."""
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    if not (repo / "hookd" / "libvirtworker.py").exists() or "events" not in status_json(d):
+        return False
+    wait_for(lambda: (status_json(d).get("events") or {}).get("connected"), 30,
+             "hookd's events worker to connect to libvirtd")
+    return True
+
+
+def test_boot_storm_30_guests_through_proxy(libvirt_hosts, hookd_factory, record):
+    """30 parallel starts through the proxy all succeed with the policy serial, exactly one define+prepare audit row each (+ one started row if the events worker exists and is connected), each start < hook timeout + 1 s."""
+    made = {}
+
+    def setup_hooks(hooks_dir):
+        sock = hooks_dir.parent.parent.parent / "run" / "libvirt" / "libvirt-sock"
+        made["d"] = hookd_factory(proxy=True, libvirt_socket=sock,
+                                  config_extra=f"libvirt_uri = qemu+unix:///system?socket={sock}\n"
+                                               "[enforce]\non_mismatch = deny\n")
+        made["d"].install_hook(hooks_dir, timeout=HOOK_TIMEOUT, on_unreachable="deny")
+
+    host = libvirt_hosts("a", setup_hooks=setup_hooks)
+    d = made["d"].start()
+    events = events_worker_available(d)
+    try:
+        storm = boot_storm(f"qemu+unix:///system?socket={d.proxy_socket}", GUESTS)
+        failed = [(r.name, r.error) for r in storm.failed]
+        record("30 guests start at once (deny)", "all 30 start",
+               f"{GUESTS - len(failed)}/{GUESTS} started in {storm.wall_s:.1f} s" +
+               (f"; first failure: {failed[0]}" if failed else ""))
+        assert not failed, failed
+
+        slowest = max(r.start_s for r in storm.results)
+        record("30 guests start at once (deny)", f"every start < hook timeout + 1 s ({HOOK_TIMEOUT + 1:g} s)",
+               f"slowest start {slowest:.2f} s")
+        assert slowest < HOOK_TIMEOUT + 1.0, sorted(r.start_s for r in storm.results)
+
+        pids = host.qemu_pids()
+        wrong = []
+        for r in storm.results:
+            cmdline = ",".join(host.qemu_cmdline(r.name))
+            if f"serial={r.uuid}" not in cmdline or HOST_SERIAL in cmdline:
+                wrong.append(r.name)
+        record("30 guests start at once (deny)", "every QEMU has serial = its instance UUID",
+               f"{len(pids)} QEMUs running, {len(wrong)} with a wrong serial")
+        assert len(pids) == GUESTS and not wrong, wrong
+
+        ops = ("define", "prepare") + (("started",) if events else ())
+
+        def audit_problems():
+            bad = []
+            for r in storm.results:
+                rows = d.audit(instance=r.uuid)
+                counts = {op: sum(1 for row in rows if row["operation"] == op) for op in ops}
+                if any(n != 1 for n in counts.values()):
+                    bad.append((r.name, counts))
+                for row in rows:
+                    if row["operation"] == "define" and (row["action"], row["serial_seen"], row["serial_wanted"]) \
+                            != ("rewritten", HOST_SERIAL, r.uuid):
+                        bad.append((r.name, "define", row["action"], row["serial_seen"]))
+                    if row["operation"] == "prepare" and (row["action"], row["serial_seen"]) != ("allow", r.uuid):
+                        bad.append((r.name, "prepare", row["action"], row["serial_seen"]))
+            return bad
+
+        if events:   # `started` rows come from libvirt's events, a little after the starts
+            try:
+                wait_for(lambda: not audit_problems(), 30, "one started row per guest")
+            except AssertionError:
+                pass
+        bad = audit_problems()
+        by_op = {}
+        for row in d.audit():
+            by_op[row["operation"]] = by_op.get(row["operation"], 0) + 1
+        record("30 guests start at once (deny)",
+               "audit: exactly one " + " + one ".join(ops) + " row per guest"
+               + ("" if events else " (no events worker in this build: no `started` rows)"),
+               f"rows by operation {by_op}; {len(bad)} guests with wrong rows")
+        assert not bad, bad[:5]
+        assert all(by_op.get(op) == GUESTS for op in ops), by_op
+
+        st = status_json(d)
+        assert st["proxy"]["definitions_rewritten"] == GUESTS and st["counters"] == {"compliant": GUESTS}
+        assert st["audit"]["failing"] is None and st["audit"]["pending"] == 0
+        rss_kib = int(open(f"/proc/{d.pid}/status").read().split("VmRSS:")[1].split()[0])
+        record("30 guests start at once (deny)", "hookd RSS after the storm < 60 MiB",
+               f"{rss_kib / 1024:.1f} MiB", ok=rss_kib < 60 * 1024)
+        assert os.path.exists(d.proxy_socket)
+    finally:
+        destroy_all_parallel(host)
