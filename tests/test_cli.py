@@ -127,3 +127,15 @@ def test_version(hookctl):
     from hookd import __version__
     res = hookctl("--version")
     assert res.returncode == 0 and res.stdout.decode().strip() == f"hookctl {__version__}"
+
+
+def test_daemon_version_agrees():
+    import subprocess
+    import sys
+    from hookd import __version__
+    from tests.conftest import hookd_env
+    res = subprocess.run([sys.executable, "-m", "hookd.daemon", "--version"], capture_output=True, text=True,
+                         env=hookd_env(), timeout=30)
+    assert res.returncode == 0 and res.stdout.strip() == f"hookd {__version__}"
+    changelog = (__import__("tests.conftest", fromlist=["REPO"]).REPO / "CHANGELOG.md").read_text()
+    assert f"## {__version__} " in changelog
