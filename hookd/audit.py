@@ -69,7 +69,10 @@ class AuditLog:
         self.written = 0
         #: Called with every row as a dict (the etcd store keeps a copy of the audit).
         self.mirror = None
-        os.makedirs(state_dir, mode=0o750, exist_ok=True)
+        try:
+            os.makedirs(state_dir, mode=0o750, exist_ok=True)
+        except OSError as err:
+            self._fail(err)     # _open() below fails too; rows wait in memory
         self._open()
 
     def _open(self) -> None:

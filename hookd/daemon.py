@@ -27,7 +27,7 @@ from hookd.config import DEFAULT_CONFIG, Config, load_config
 from hookd.errors import HookdError
 from hookd.hookhandler import HookHandler
 from hookd.server import HookServer
-from hookd.store import open_store
+from hookd.store import UnavailableStore, open_store
 from hookd.supervisor import WorkerSupervisor
 
 log = logging.getLogger("hookd")
@@ -116,8 +116,12 @@ class Daemon:
         loop = asyncio.get_running_loop()
         d = self.config.daemon
         self.audit = AuditLog(d.state_dir)
-        self.store = open_store(self.config, host=self.audit.host)
-        await self.store.start()
+        try:
+            self.store = open_store(self.config, host=self.audit.host)
+            await self.store.start()
+        except HookdError as err:
+            log.error("pin store unavailable (%s); deciding without pins", err)
+            self.store = UnavailableStore(str(err))
         if hasattr(self.store, "mirror_audit"):
             self.audit.mirror = self.store.mirror_audit
         self.handler = HookHandler(lambda: self.config, self.audit, self.store)
@@ -287,10 +291,10 @@ def main(argv=None) -> int:
     setup_logging(config.daemon.log_level)
     try:
         return asyncio.run(Daemon(config, args.config).run())
-    except HookdError as err:
-        log.error("%s", err)
+    except (HookdError, OSError) as err:
+        # Start-up failures (a socket that cannot be bound, ...): one line, no traceback.
+        log.error("cannot run: %s", err)
         log.debug("details", exc_info=True)
-        print(f"hookd: error: {err}", file=sys.stderr) if _under_systemd() else None
         return 1
     except KeyboardInterrupt:
         return 0

@@ -119,6 +119,32 @@ class SqlitePinStore:
         self._db.close()
 
 
+class UnavailableStore:
+    """Stands in for a pin store that could not be opened at start-up (e.g. a
+    read-only state_dir): hooks are still answered, decided without pins, and the
+    failure is visible in `hookctl status`."""
+
+    backend = "unavailable"
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def get(self, instance_uuid: str):
+        raise StoreError(self.reason)
+
+    def pin_if_absent(self, instance_uuid: str, serial: str, source: str = "") -> str:
+        raise StoreError(self.reason)
+
+    def status(self) -> dict:
+        return {"backend": self.backend, "reachable": False, "queued": 0, "last_error": self.reason}
+
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+
 def open_store(config, host: str = ""):
     """The pin store the configuration names (hookctl and the daemon alike)."""
     if config.store.backend == "etcd":
