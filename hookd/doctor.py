@@ -601,6 +601,34 @@ def check_proxy(cfg, status: Optional[dict]) -> Check:
     return Check(OK, "proxy", finding)
 
 
+ETCD_DROP_IN = "/etc/systemd/system/hookd.service.d/etcd.conf"
+ETCD_DROP_IN_EXAMPLE = "/usr/share/hookd/hookd-etcd.conf"
+
+
+def check_store(cfg, status: Optional[dict]) -> Check:
+    """The pin store: where pins live, and for etcd whether the daemon reaches it."""
+    if cfg is None:
+        return Check(WARN, "store", "not checked: the configuration is invalid", "see the config check")
+    if cfg.store.backend == "sqlite":
+        return Check(OK, "store", f"sqlite {os.path.join(cfg.daemon.state_dir, 'pins.sqlite')} "
+                                  f"(pins are local: fine for one host and live migration)")
+    endpoints = ", ".join(cfg.store.endpoints)
+    store = (status or {}).get("store")
+    if store is None:
+        return Check(WARN, "store", f"etcd {endpoints}: not checked, the daemon did not answer",
+                     "start hookd, then run doctor again")
+    if store.get("reachable"):
+        return Check(OK, "store", f"etcd {endpoints} reachable; {store.get('cached')} pins cached, "
+                                  f"{store.get('queued')} queued, {store.get('conflicts')} conflicts")
+    fix = "check the endpoints and TLS settings in [store]"
+    if not os.path.exists(ETCD_DROP_IN):
+        fix = (f"hookd.service denies network access by default: copy {ETCD_DROP_IN_EXAMPLE} to "
+               f"{ETCD_DROP_IN}, set IPAddressAllow= to the etcd addresses, then "
+               f"systemctl daemon-reload && systemctl restart hookd")
+    return Check(FAIL, "store", f"etcd {endpoints} UNREACHABLE from hookd ({store.get('last_error')}); "
+                                f"decisions use the local cache, {store.get('queued')} pins queued", fix)
+
+
 # ------------------------------------------------------------------ main
 
 def run_checks(args) -> List[Check]:
@@ -621,6 +649,7 @@ def run_checks(args) -> List[Check]:
     probe = _probe_libvirt(uri, args.timeout)
     checks.append(check_libvirt_version(uri, probe, cfg))
     checks.append(check_proxy(cfg, status))
+    checks.append(check_store(cfg, status))
     parser, files, level, problem = read_nova_conf(args.nova_conf)
     if problem:
         hint = ("not a Nova compute node, or pass --nova-conf" if level == WARN

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import http.client
 import json
 import logging
@@ -133,6 +134,11 @@ class _AsyncClient:
                     self.settings.timeout)
                 return url, reader, writer
             except (OSError, asyncio.TimeoutError, ssl.SSLError) as err:
+                if getattr(err, "errno", None) in (errno.EAFNOSUPPORT, errno.ENETUNREACH):
+                    # What the shipped hookd.service sandbox does to TCP (AF_UNIX only,
+                    # PrivateNetwork): say so instead of a bare errno.
+                    err = f"{err.strerror}: hookd.service allows no network; install the etcd drop-in " \
+                          f"(/usr/share/hookd/hookd-etcd.conf)"
                 errors.append(f"{endpoint}: {err or type(err).__name__}")
         raise StoreError("etcd unreachable (" + "; ".join(errors) + ")")
 

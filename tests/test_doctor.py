@@ -362,3 +362,21 @@ def test_unparsable_nova_conf(tmp_path):
     path.write_text("this is not ini\n[libvirt\n")
     _, checks, _ = doctor(tmp_path, nova=str(path))
     assert checks["nova-uri"]["status"] == "FAIL" and "cannot parse" in checks["nova-uri"]["finding"]
+
+
+def test_store_check():
+    """doctor says where pins live and whether the daemon reaches etcd, with the fix."""
+    from hookd.config import build_config, parse_ini
+    from hookd.doctor import FAIL, OK, WARN, check_store
+
+    def cfg(text):
+        sections = {}
+        parse_ini(text, "t.conf", sections)
+        return build_config(sections, ("t.conf",))
+    assert check_store(cfg(""), None).status == OK
+    etcd = cfg("[store]\nbackend = etcd\nendpoints = http://10.0.0.5:2379\n")
+    assert check_store(etcd, None).status == WARN
+    ok = check_store(etcd, {"store": {"reachable": True, "cached": 3, "queued": 0, "conflicts": 0}})
+    assert ok.status == OK and "3 pins cached" in ok.finding
+    bad = check_store(etcd, {"store": {"reachable": False, "queued": 2, "last_error": "refused"}})
+    assert bad.status == FAIL and "2 pins queued" in bad.finding and "hookd-etcd.conf" in bad.fix
