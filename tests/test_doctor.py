@@ -108,7 +108,7 @@ def test_text_output_is_one_line_per_check_and_exit_1_on_fail(tmp_path):
     lines = r.stdout.decode().splitlines()
     assert r.returncode == 1
     assert r.stderr == b""
-    assert len(lines) == 10
+    assert len(lines) == 11
     for line in lines:
         assert LINE_RE.match(line), line
     fails = [line for line in lines if line.startswith("FAIL")]
@@ -121,7 +121,7 @@ def test_json_output_shape(tmp_path):
     code, checks, out = doctor(tmp_path)
     assert code == 1 and out["ok"] is False
     assert list(checks) == ["config", "shim", "hook-loaded", "daemon", "libvirt-socket", "libvirt",
-                            "proxy", "nova-uri", "nova-sysinfo", "guests"]
+                            "proxy", "store", "nova-uri", "nova-sysinfo", "guests"]
     assert sum(out["counts"].values()) == len(checks)
     for c in checks.values():
         assert set(c) == {"status", "check", "finding", "fix"}
