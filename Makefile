@@ -10,7 +10,7 @@ deps:
 	sh scripts/install-deps
 
 test: deps
-	$(PY) -m pytest -p no:cacheprovider -ra tests
+	$(PY) scripts/run-tests
 
 bench: deps
 	$(PY) bench/run.py
