@@ -1,33 +1,295 @@
-"""The daemon's side of the libvirt worker (placeholder: no worker yet).
+"""The daemon's side of the libvirt worker (hookd.libvirtworker).
 
 The worker process holds hookd's own libvirt connection (events, reconciler), so
-that the process serving hooks never makes a blocking libvirt call.
+that the process serving hooks never makes a blocking libvirt call: while a qemu
+hook runs, libvirt locks its domain and even list calls, and the hook is waiting
+on this daemon. This module owns spawning the worker (with one end of a
+socketpair, hookd.wire framing both ways), restarting it with backoff when it
+dies, stopping it by pid, forwarding hook notes, reloads and reconcile requests,
+keeping the latest status it reported, and writing the audit rows it sends (the
+daemon stays the audit log's single writer).
+
+Nothing here may block or wait on the worker without a bound: the worker is
+best-effort, and hooks and the proxy keep working while it is down.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Dict, Optional
+
+from hookd import wire
+from hookd.audit import COLUMNS
+from hookd.errors import HookdError
+
+log = logging.getLogger("hookd.supervisor")
+
+#: Restart delays after consecutive failures: 1, 2, 4 ... 60 s. A worker that ran
+#: this long counts as healthy again, and the next failure starts over at 1 s.
+RESTART_MIN_S = 1.0
+RESTART_MAX_S = 60.0
+HEALTHY_AFTER_S = 60.0
+STOP_GRACE_S = 5.0
+#: `hookctl reconcile` waits up to 120 s by default; answer before it gives up.
+RECONCILE_TIMEOUT_S = 110.0
+
+_ROW_KEYS = frozenset(COLUMNS)
+
+
+def describe_exit(code: Optional[int]) -> str:
+    if code is None:
+        return "unknown status"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
 
 
 class WorkerSupervisor:
     def __init__(self, config_path: Optional[str], audit):
         self.config_path = config_path
         self.audit = audit
+        self._proc: Optional[subprocess.Popen] = None
+        self._writer: Optional[asyncio.StreamWriter] = None
+        self._reader_task: Optional[asyncio.Task] = None
+        self._pidfd: Optional[int] = None
+        self._poll_handle: Optional[asyncio.TimerHandle] = None
+        self._exited: Optional[asyncio.Event] = None
+        self._started_at = 0.0
+        self._closing = False
+        self._restart_handle: Optional[asyncio.TimerHandle] = None
+        self._spawning: Optional[asyncio.Task] = None
+        self._failures = 0
+        self.restarts = 0
+        self._down_reason: Optional[str] = "not started"
+        self._next_id = 0
+        self._pending: Dict[int, asyncio.Future] = {}
+        self._reported: dict = {
+            "events": {"uri": None, "connected": False, "reconnects": 0, "events": 0, "last_error": None},
+            "reconcile": {"sweeps": 0, "fixed": 0, "last_sweep": None},
+        }
+
+    # ------------------------------------------------------------- lifecycle
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None and self._writer is not None
 
     async def start(self) -> None:
-        return None
+        self._closing = False
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        self._restart_handle = None
+        if self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = [sys.executable, "-m", "hookd.libvirtworker", "--fd", str(theirs.fileno())]
+        if self.config_path:
+            argv += ["--config", self.config_path]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), close_fds=True)
+        except OSError as err:
+            ours.close()
+            self._down_reason = f"cannot start: {err}"
+            log.error("cannot start the libvirt worker: %s", err)
+            self._schedule_restart()
+            return
+        finally:
+            theirs.close()
+        self._proc = proc
+        self._started_at = time.monotonic()
+        self._exited = asyncio.Event()
+        ours.setblocking(False)
+        reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        self._down_reason = None
+        self._reader_task = asyncio.create_task(self._read(reader, proc))
+        try:
+            self._pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None      # kernel before 5.3: poll instead
+        if self._pidfd is not None:
+            loop.add_reader(self._pidfd, self._check_exit, proc)
+        else:
+            self._poll_exit(proc)
+        log.info("libvirt worker started (pid %d)", proc.pid)
+
+    def _poll_exit(self, proc: subprocess.Popen) -> None:
+        self._poll_handle = None
+        if not self._check_exit(proc):
+            self._poll_handle = asyncio.get_running_loop().call_later(0.5, self._poll_exit, proc)
+
+    def _check_exit(self, proc: subprocess.Popen) -> bool:
+        """Reap the worker if it exited (never blocks); True when it has."""
+        if proc is not self._proc or proc.poll() is None:
+            return False
+        self._reaped(proc)
+        return True
+
+    def _reaped(self, proc: subprocess.Popen) -> None:
+        loop = asyncio.get_running_loop()
+        if self._pidfd is not None:
+            loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._poll_handle is not None:
+            self._poll_handle.cancel()
+            self._poll_handle = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            self._reader_task = None
+        self._fail_pending("the libvirt worker exited")
+        if self._exited is not None:
+            self._exited.set()
+        status = describe_exit(proc.returncode)
+        self._down_reason = f"exited with {status}"
+        if self._closing:
+            return
+        ran = time.monotonic() - self._started_at
+        self._failures = 1 if ran >= HEALTHY_AFTER_S else self._failures + 1
+        delay = min(RESTART_MIN_S * 2 ** (self._failures - 1), RESTART_MAX_S)
+        log.error("libvirt worker (pid %d) exited with %s after %.1f s; restarting in %.0f s "
+                  "(hooks and the proxy are unaffected)", proc.pid, status, ran, delay)
+        self._schedule_restart(delay)
+
+    def _schedule_restart(self, delay: float = RESTART_MIN_S) -> None:
+        if self._closing:
+            return
+        self._restart_handle = asyncio.get_running_loop().call_later(delay, self._restart)
+
+    def _restart(self) -> None:
+        self._restart_handle = None
+        self.restarts += 1
+        self._spawning = asyncio.create_task(self._spawn())
 
     async def close(self) -> None:
-        return None
+        """Ask the worker to stop, wait a bounded time, then SIGKILL it by pid."""
+        self._closing = True
+        if self._restart_handle is not None:
+            self._restart_handle.cancel()
+            self._restart_handle = None
+        if self._spawning is not None and not self._spawning.done():
+            await self._spawning
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        self._send({"op": "stop"})
+        assert self._exited is not None
+        try:
+            await asyncio.wait_for(self._exited.wait(), STOP_GRACE_S)
+            return
+        except asyncio.TimeoutError:
+            pass
+        if proc.poll() is None:
+            log.warning("libvirt worker (pid %d) did not stop within %.0f s; killing it", proc.pid, STOP_GRACE_S)
+            proc.kill()
+            try:
+                proc.wait(5)    # SIGKILLed: it is gone at once
+            except subprocess.TimeoutExpired:
+                log.error("libvirt worker (pid %d) survived SIGKILL", proc.pid)
+                return
+        self._reaped(proc)
 
+    # ------------------------------------------------------------- messages
+    def _send(self, msg: dict) -> bool:
+        if self._writer is None or self._writer.is_closing():
+            return False
+        try:
+            self._writer.write(wire.encode(msg))
+        except (HookdError, OSError) as err:
+            log.error("cannot send %s to the libvirt worker: %s", msg.get("op"), err)
+            return False
+        return True
+
+    async def _read(self, reader: asyncio.StreamReader, proc: subprocess.Popen) -> None:
+        while True:
+            try:
+                msg = await wire.read_message(reader)
+            except (EOFError, ConnectionError):
+                # It exited (the pidfd says so too), or closed its end: then make it exit.
+                await asyncio.sleep(STOP_GRACE_S)
+                if proc.poll() is None and not self._closing:
+                    log.error("libvirt worker (pid %d) closed its channel but did not exit; killing it",
+                              proc.pid)
+                    proc.kill()
+                return
+            except HookdError as err:
+                log.error("bad message from the libvirt worker (pid %d): %s; killing it", proc.pid, err)
+                proc.kill()
+                return
+            try:
+                self._handle(msg)
+            except Exception as err:  # a bug here must not end the channel silently
+                log.error("cannot handle %r from the libvirt worker: %s: %s", msg.get("op"),
+                          type(err).__name__, err)
+                log.debug("traceback", exc_info=True)
+
+    def _handle(self, msg: dict) -> None:
+        op = msg.get("op")
+        if op == "audit":
+            row = msg.get("row")
+            if isinstance(row, dict):
+                self.audit.record(**{k: v for k, v in row.items() if k in _ROW_KEYS})
+        elif op == "status":
+            for key in ("events", "reconcile"):
+                if isinstance(msg.get(key), dict):
+                    self._reported[key] = msg[key]
+        elif op == "reply":
+            fut = self._pending.pop(msg.get("id"), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg.get("result") or {"v": 1, "error": "empty answer from the libvirt worker"})
+        else:
+            log.error("unknown message %r from the libvirt worker; ignored", op)
+
+    def _fail_pending(self, why: str) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_result({"v": 1, "error": why})
+
+    # ------------------------------------------------------------- the daemon's calls
     def reload(self) -> None:
-        return None
+        self._send({"op": "reload"})
 
     def note_hook(self, instance_uuid: str, op: str) -> None:
-        return None
+        # Stamped here (CLOCK_MONOTONIC is system-wide): the worker compares it with
+        # the time of the domain's next STARTED event, whichever message arrives first.
+        self._send({"op": "note_hook", "instance_uuid": instance_uuid, "hook": op, "t": time.monotonic()})
 
     def status(self) -> dict:
-        return {}
+        events = dict(self._reported["events"])
+        events["worker_pid"] = self._proc.pid if self.running else None
+        events["worker_restarts"] = self.restarts
+        if not self.running:
+            events["connected"] = False
+            events["last_error"] = f"libvirt worker not running ({self._down_reason})"
+        return {"events": events, "reconcile": dict(self._reported["reconcile"])}
 
     async def reconcile(self, dry_run: bool) -> dict:
-        return {"v": 1, "error": "the libvirt worker is not available in this build"}
+        if not self.running:
+            return {"v": 1, "error": f"the libvirt worker is not running ({self._down_reason})"}
+        self._next_id += 1
+        req = self._next_id
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[req] = fut
+        if not self._send({"op": "reconcile", "id": req, "dry_run": bool(dry_run)}):
+            self._pending.pop(req, None)
+            return {"v": 1, "error": "cannot reach the libvirt worker"}
+        try:
+            return await asyncio.wait_for(fut, RECONCILE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self._pending.pop(req, None)
+            return {"v": 1, "error": f"no answer from the libvirt worker within {RECONCILE_TIMEOUT_S:.0f} s "
+                                     "(the sweep goes on; see hookctl audit --operation reconcile)"}

@@ -1,0 +1,515 @@
+"""hookd's libvirt worker: the one process of hookd that is a libvirt client.
+
+Started and supervised by the daemon (hookd.supervisor) as
+`python3 -m hookd.libvirtworker --fd N [--config PATH]`, it talks to the daemon
+over the socketpair end N (hookd.wire framing both ways). It owns:
+
+  - the connection to `[hookd] libvirt_uri`, with keepalive, a close callback and
+    reconnection with backoff when libvirtd restarts (then it resubscribes and
+    sweeps, since events were missed meanwhile);
+  - libvirt lifecycle events, turned into audit rows (`started`, `stopped`,
+    `defined`, `undefined`) that it sends to the daemon, the single writer of the
+    audit log;
+  - running hookd.reconciler: a sweep at start, after each reconnect, every
+    `[reconcile] interval` seconds and after a configuration reload; one domain
+    after its DEFINED or STARTED event; and `hookctl reconcile` on request.
+
+libvirt-python's calls block the calling thread, so they live here and never in
+the daemon: while a qemu hook runs libvirt locks its domain (and list calls),
+and the hook waits on the daemon. This process may block on such a call; the
+daemon never waits on it (hooks and the proxy work without it). It runs one
+asyncio loop with libvirt's events dispatched by libvirtaio, and no threads.
+It must not decide anything about hooks, write the audit log, or touch a running
+guest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+import time
+from collections import OrderedDict
+from typing import Dict, Optional, Tuple
+
+import libvirt
+import libvirtaio
+
+from hookd import wire
+from hookd.audit import now_iso
+from hookd.config import Config, load_config
+from hookd.engine import evaluate
+from hookd.errors import HookdError
+from hookd.reconciler import ReconcileError, Reconciler
+
+log = logging.getLogger("hookd.worker")
+
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT = 3
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 5.0
+#: A domain whose reconcile was put off (a hook call, a migration) is looked at again
+#: this often, for up to RETRY_FOR_S; the next sweep catches anything later.
+RETRY_EVERY_S = 1.0
+RETRY_FOR_S = 180.0
+#: Status reports to the daemon are coalesced to at most one per this many seconds.
+STATUS_EVERY_S = 0.1
+
+_EVENT_TYPES = ("DEFINED", "UNDEFINED", "STARTED", "SUSPENDED", "RESUMED", "STOPPED", "SHUTDOWN",
+                "PMSUSPENDED", "CRASHED")
+#: libvirt's lifecycle event numbers -> names, from the module's own constants.
+EVENT_NAMES: Dict[int, str] = {getattr(libvirt, f"VIR_DOMAIN_EVENT_{e}"): e.lower()
+                               for e in _EVENT_TYPES if hasattr(libvirt, f"VIR_DOMAIN_EVENT_{e}")}
+
+
+def _detail_names(event: str) -> Dict[int, str]:
+    prefix = f"VIR_DOMAIN_EVENT_{event}_"
+    return {getattr(libvirt, n): n[len(prefix):].lower() for n in dir(libvirt)
+            if n.startswith(prefix) and not n.endswith("_LAST") and isinstance(getattr(libvirt, n), int)}
+
+
+DETAIL_NAMES: Dict[int, Dict[int, str]] = {num: _detail_names(name.upper()) for num, name in EVENT_NAMES.items()}
+CLOSE_REASONS = {getattr(libvirt, f"VIR_CONNECT_CLOSE_REASON_{r}"): r.lower()
+                 for r in ("ERROR", "EOF", "KEEPALIVE", "CLIENT")}
+#: The events that become audit rows (the others are only counted).
+RECORDED = frozenset({"started", "stopped", "defined", "undefined"})
+
+
+def event_names(event: int, detail: int) -> Tuple[str, str]:
+    name = EVENT_NAMES.get(event, f"event-{event}")
+    return name, DETAIL_NAMES.get(event, {}).get(detail, f"detail-{detail}")
+
+
+def _quiet_libvirt_errors(_ctx, _err) -> None:
+    """libvirt prints every error to stderr by default; we report them ourselves."""
+
+
+class Worker:
+    def __init__(self, config: Config, config_path: Optional[str], fd: int):
+        self.config = config
+        self.config_path = config_path
+        self.uri = config.daemon.libvirt_uri
+        self.fd = fd
+        self.conn: Optional[libvirt.virConnect] = None
+        self._generation = 0
+        self._callback_id: Optional[int] = None
+        self.connected = False
+        self.reconnects = 0
+        self.events = 0
+        self.last_error: Optional[str] = None
+        self.reconciler = Reconciler(lambda: self.config, self._record)
+        self._writer: Optional[asyncio.StreamWriter] = None
+        self._stop = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._sweep_wanted = asyncio.Event()
+        self._sweep_why = "start"
+        self._event_queue: asyncio.Queue = asyncio.Queue()
+        #: instance UUID -> (why, first asked): domains to reconcile one by one.
+        self._domain_work: "OrderedDict[str, Tuple[str, float]]" = OrderedDict()
+        self._domain_work_ready = asyncio.Event()
+        #: instance UUID -> (serial the running guest has, facts) from its last STARTED.
+        self._seen: Dict[str, dict] = {}
+        self._status_handle: Optional[asyncio.TimerHandle] = None
+        self._tasks: list = []
+        self.exit_code = 0
+
+    # ------------------------------------------------------------ the daemon
+    def _send(self, msg: dict) -> None:
+        if self._writer is None or self._writer.is_closing():
+            return
+        try:
+            self._writer.write(wire.encode(msg))
+        except (HookdError, OSError) as err:
+            log.error("cannot send to the daemon: %s", err)
+
+    def _record(self, **row) -> None:
+        self._send({"op": "audit", "row": row})
+
+    def status(self) -> dict:
+        return {"events": {"uri": self.uri, "connected": self.connected, "reconnects": self.reconnects,
+                           "events": self.events, "last_error": self.last_error},
+                "reconcile": {**self.reconciler.stats(), "enabled": self.config.reconcile_enabled,
+                              "interval": self.config.reconcile_interval}}
+
+    def _status_changed(self) -> None:
+        if self._status_handle is None:
+            self._status_handle = asyncio.get_running_loop().call_later(STATUS_EVERY_S, self._send_status)
+
+    def _send_status(self) -> None:
+        self._status_handle = None
+        self._send({"op": "status", **self.status()})
+
+    async def _read_daemon(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                msg = await wire.read_message(reader)
+            except (EOFError, ConnectionError):
+                log.info("the daemon closed our channel; stopping")
+                self._stop.set()
+                return
+            except HookdError as err:
+                log.error("bad message from the daemon: %s; stopping", err)
+                self._stop.set()
+                return
+            op = msg.get("op")
+            if op == "note_hook":
+                self.reconciler.note_hook(str(msg.get("instance_uuid") or ""), str(msg.get("hook")),
+                                          msg.get("t") if isinstance(msg.get("t"), (int, float)) else None)
+            elif op == "reload":
+                self._reload()
+            elif op == "reconcile":
+                self._spawn(self._manual_reconcile(msg.get("id"), bool(msg.get("dry_run"))))
+            elif op == "stop":
+                self._stop.set()
+                return
+            else:
+                log.error("unknown message %r from the daemon; ignored", op)
+
+    def _reload(self) -> None:
+        try:
+            new = load_config(self.config_path)
+        except HookdError as err:
+            log.error("configuration reload rejected: %s; keeping the previous one", err)
+            return
+        # [hookd] (the URI among them) changes only at a restart, as in the daemon.
+        self.config = Config(policy=new.policy, daemon=self.config.daemon, on_mismatch=new.on_mismatch,
+                             reconcile_enabled=new.reconcile_enabled,
+                             reconcile_interval=new.reconcile_interval, sources=new.sources)
+        log.info("configuration reloaded: reconcile %s, interval %g s",
+                 "enabled" if new.reconcile_enabled else "disabled", new.reconcile_interval)
+        self._status_changed()
+        # The policy may have changed under every saved definition.
+        self._want_sweep("configuration reloaded")
+
+    async def _manual_reconcile(self, req_id, dry_run: bool) -> None:
+        if not self.connected or self.conn is None:
+            result = {"v": 1, "error": f"not connected to libvirt at {self.uri}"
+                      + (f": {self.last_error}" if self.last_error else "")}
+        else:
+            try:
+                items = await self.reconciler.sweep(self.conn, fix=not dry_run,
+                                                    why="hookctl reconcile" + (" --dry-run" if dry_run else ""))
+                result = {"v": 1, "items": [i.as_dict() for i in items]}
+            except ReconcileError as err:
+                self._connection_failed(err)
+                result = {"v": 1, "error": str(err)}
+        # Status first: whoever asked may look at `hookctl status` as soon as we answer.
+        if self._status_handle is not None:
+            self._status_handle.cancel()
+        self._send_status()
+        self._send({"op": "reply", "id": req_id, "result": result})
+
+    # ------------------------------------------------------------ libvirt
+    def _open(self) -> None:
+        conn = libvirt.open(self.uri)
+        try:
+            conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+            self._generation += 1
+            gen = self._generation
+            conn.registerCloseCallback(self._on_close, gen)
+            self._callback_id = conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, gen)
+        except libvirt.libvirtError:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+            raise
+        self.conn = conn
+
+    def _drop(self) -> None:
+        """Deregister and close; errors are expected when libvirtd is already gone."""
+        conn, self.conn = self.conn, None
+        self.connected = False
+        self._status_changed()
+        if conn is None:
+            return
+        if self._callback_id is not None:
+            try:
+                conn.domainEventDeregisterAny(self._callback_id)
+            except libvirt.libvirtError:
+                pass
+            self._callback_id = None
+        try:
+            conn.unregisterCloseCallback()
+        except libvirt.libvirtError:
+            pass
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    def _on_close(self, _conn, reason: int, generation) -> None:
+        if generation != self._generation:
+            return
+        why = CLOSE_REASONS.get(reason, str(reason))
+        self.last_error = f"connection closed by libvirt ({why})"
+        log.warning("libvirt connection to %s closed (%s); reconnecting", self.uri, why)
+        self._lost.set()
+
+    def _connection_failed(self, err: BaseException) -> None:
+        self.last_error = str(err)
+        if not self._lost.is_set():
+            log.warning("libvirt connection to %s failed: %s; reconnecting", self.uri, err)
+        self._lost.set()
+
+    async def _keep_connected(self) -> None:
+        delay = RECONNECT_MIN_S
+        ever = False
+        failing = False
+        while True:
+            self._lost.clear()
+            try:
+                self._open()
+            except libvirt.libvirtError as err:
+                self.last_error = str(err)
+                self._status_changed()
+                if not failing:
+                    log.error("cannot connect to libvirt at %s: %s; retrying with backoff", self.uri, err)
+                    failing = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            delay, failing = RECONNECT_MIN_S, False
+            self.connected = True
+            self.last_error = None
+            if ever:
+                self.reconnects += 1
+                log.info("reconnected to libvirt at %s (reconnect %d); events resubscribed", self.uri,
+                         self.reconnects)
+            else:
+                log.info("connected to libvirt at %s; subscribed to lifecycle events", self.uri)
+            self._status_changed()
+            # Events were missed while we were away (or before we started).
+            self._want_sweep("reconnected" if ever else "worker start")
+            ever = True
+            await self._lost.wait()
+            self._drop()
+
+    def _on_lifecycle(self, _conn, dom, event: int, detail: int, generation) -> None:
+        if generation != self._generation:
+            return          # a callback of a connection we already dropped
+        self.events += 1
+        self._status_changed()
+        now = time.monotonic()
+        if EVENT_NAMES.get(event) in ("started", "stopped"):
+            # Stamp it now: a hook call noted later, but made before, must not hold it.
+            self.reconciler.note_settled(dom.UUIDString(), now)
+        self._event_queue.put_nowait((now_iso(), dom, event, detail))
+
+    async def _process_events(self) -> None:
+        while True:
+            stamp, dom, event, detail = await self._event_queue.get()
+            name, detail_name = event_names(event, detail)
+            if name in RECORDED:
+                try:
+                    self._record_event(stamp, dom, name, detail_name)
+                except ReconcileError as err:
+                    self._connection_failed(err)
+            if name in ("defined", "started"):
+                # DEFINED: someone wrote a definition; STARTED/MIGRATED: this host now
+                # holds the guest, and its saved definition is ours to fix.
+                self._want_domain(dom.UUIDString(), f"after {name}/{detail_name} event")
+
+    def _record_event(self, stamp: str, dom, name: str, detail_name: str) -> None:
+        dname, uuid = dom.name(), dom.UUIDString()
+        row = {"time": stamp, "operation": name, "domain": dname, "instance_uuid": uuid,
+               "action": detail_name}
+        what = f"libvirt event {name.upper()}/{detail_name.upper()}"
+        seen = None
+        if name in ("started", "defined"):
+            flags = 0 if name == "started" else libvirt.VIR_DOMAIN_XML_INACTIVE
+            try:
+                xml = dom.XMLDesc(flags)
+            except libvirt.libvirtError as err:
+                if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN and not self._alive():
+                    raise ReconcileError(f"libvirt connection lost: {err}") from err
+                xml = None
+                what += f"; definition not readable ({err.get_error_message()})"
+            if xml is not None:
+                try:
+                    ev = evaluate(xml.encode("utf-8", "surrogatepass"), self.config.policy, rewrite=False,
+                                  what=f"{name} XML of domain {dname!r}")
+                except HookdError as err:
+                    what += f"; cannot read the definition: {err}"
+                else:
+                    d, nova = ev.decision, ev.facts.nova
+                    seen = {"nova_name": nova.name if nova else None,
+                            "project": nova.project_uuid if nova else None,
+                            "flavor": nova.flavor_name if nova else None,
+                            "serial_seen": d.serial_current, "serial_wanted": d.serial_policy,
+                            "verdict": d.verdict, "rule": d.rule}
+                    row.update(seen)
+                    what += ("; serial_seen is the running guest's" if name == "started"
+                             else "; serial_seen is the saved definition's (next cold boot)")
+            if name == "started" and seen is not None:
+                self._seen[uuid] = seen
+        else:
+            # Stopped or gone: nothing left to read; say what the guest ran with, if we saw it start.
+            last = self._seen.pop(uuid, None) if name == "undefined" else self._seen.get(uuid)
+            if last is not None:
+                row.update({k: last[k] for k in ("nova_name", "project", "flavor")})
+                if name == "stopped":
+                    row["serial_seen"] = last["serial_seen"]
+                    what += "; serial_seen is the serial it ran with"
+        row["detail"] = what
+        if name == "started":
+            log.info("instance %s (%s) started (%s) with serial %r", uuid, dname, detail_name,
+                     row.get("serial_seen"))
+        else:
+            log.debug("instance %s (%s): %s", uuid, dname, what)
+        self._record(**row)
+
+    def _alive(self) -> bool:
+        try:
+            return self.conn is not None and bool(self.conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    # ------------------------------------------------------------ reconciling
+    def _want_sweep(self, why: str) -> None:
+        self._sweep_why = why
+        self._sweep_wanted.set()
+
+    def _want_domain(self, uuid: str, why: str) -> None:
+        if not self.config.reconcile_enabled:
+            return
+        if uuid not in self._domain_work:
+            self._domain_work[uuid] = (why, time.monotonic())
+        self._domain_work_ready.set()
+
+    async def _sweeper(self) -> None:
+        while True:
+            cfg = self.config
+            periodic = cfg.reconcile_interval if cfg.reconcile_enabled and cfg.reconcile_interval > 0 else None
+            try:
+                await asyncio.wait_for(self._sweep_wanted.wait(), periodic)
+                why = self._sweep_why
+            except asyncio.TimeoutError:
+                why = "periodic"
+            self._sweep_wanted.clear()
+            if not self.config.reconcile_enabled or not self.connected or self.conn is None:
+                continue    # no automatic fixes; (re)connecting asks for a sweep again
+            try:
+                await self.reconciler.sweep(self.conn, fix=True, why=why)
+            except ReconcileError as err:
+                self._connection_failed(err)
+            self._status_changed()
+
+    async def _domain_worker(self) -> None:
+        """Reconcile single domains (after their events), one at a time, retrying put-off ones."""
+        while True:
+            await self._domain_work_ready.wait()
+            self._domain_work_ready.clear()
+            later: Dict[str, Tuple[str, float]] = {}
+            while self._domain_work:
+                uuid, (why, first) = self._domain_work.popitem(last=False)
+                if not self.connected or self.conn is None or not self.config.reconcile_enabled:
+                    continue    # the sweep after reconnecting covers it
+                try:
+                    dom = self.conn.lookupByUUIDString(uuid)
+                except libvirt.libvirtError as err:
+                    if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN and not self._alive():
+                        self._connection_failed(err)
+                    continue
+                try:
+                    item = await self.reconciler.reconcile_domain(dom, fix=True, why=why)
+                except ReconcileError as err:
+                    self._connection_failed(err)
+                    continue
+                self._status_changed()
+                if item.retry:
+                    if time.monotonic() - first < RETRY_FOR_S:
+                        later[uuid] = (why, first)
+                    else:
+                        log.warning("instance %s (%s): reconcile put off for %.0f s (%s); the next sweep "
+                                    "will look again", uuid, item.domain, RETRY_FOR_S, item.detail)
+            if later:
+                asyncio.get_running_loop().call_later(RETRY_EVERY_S, self._requeue, later)
+
+    def _requeue(self, later: Dict[str, Tuple[str, float]]) -> None:
+        for uuid, entry in later.items():
+            self._domain_work.setdefault(uuid, entry)
+        self._domain_work_ready.set()
+
+    # ------------------------------------------------------------ lifecycle
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
+        if task.cancelled():
+            return
+        err = task.exception()
+        if err is not None:
+            log.error("worker task failed: %s: %s; stopping (the daemon restarts us)", type(err).__name__, err)
+            log.debug("traceback", exc_info=err)
+            self.exit_code = 1
+            self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        # Must be registered inside the running loop and before any connection is opened.
+        libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
+        libvirt.registerErrorHandler(_quiet_libvirt_errors, None)
+        sock = socket.socket(fileno=self.fd)
+        sock.setblocking(False)
+        reader, self._writer = await asyncio.open_unix_connection(sock=sock)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        self._send_status()
+        for coro in (self._read_daemon(reader), self._keep_connected(), self._process_events(),
+                     self._sweeper(), self._domain_worker()):
+            self._spawn(coro)
+        await self._stop.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._drop()
+        if self._status_handle is not None:
+            self._status_handle.cancel()
+        self._send_status()
+        try:
+            self._writer.close()
+            await asyncio.wait_for(self._writer.wait_closed(), 2.0)
+        except (OSError, asyncio.TimeoutError):
+            pass
+        log.debug("libvirt worker stopped")
+        return self.exit_code
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="hookd-libvirtworker",
+                                description="hookd's libvirt client (events, reconciler); started by hookd")
+    p.add_argument("--fd", type=int, required=True, help="the daemon's socketpair end")
+    p.add_argument("--config", metavar="FILE")
+    args = p.parse_args(argv)
+    # The daemon decides when we stop (it tells us); a terminal's ^C or hangup goes
+    # to the whole process group and must not kill us behind its back.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from hookd.daemon import setup_logging
+    try:
+        config = load_config(args.config)
+    except HookdError as err:
+        setup_logging("info")
+        log.error("libvirt worker: %s", err)
+        return 1
+    setup_logging(config.daemon.log_level)
+    # libvirtaio logs every watch and timer update at debug level: noise, not hookd's story.
+    logging.getLogger("virEventAsyncIOImpl").setLevel(logging.WARNING)
+    try:
+        return asyncio.run(Worker(config, args.config, args.fd).run())
+    except HookdError as err:
+        log.error("libvirt worker: %s", err)
+        log.debug("details", exc_info=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

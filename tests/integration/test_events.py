@@ -1,0 +1,182 @@
+"""libvirt lifecycle events on a real libvirtd: hookd's worker turns them into audit rows.
+
+Each test starts a namespaced libvirtd with hookd's shim installed and a real hookd
+whose `[hookd] libvirt_uri` is that libvirtd. The worker (hookd.libvirtworker)
+subscribes to lifecycle events; rows are read from the audit log the daemon
+writes. Waits are bounded polls on conditions, never sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid as uuidlib
+
+import pytest
+
+from tests.harness.guest import nova_domain_xml
+
+pytestmark = pytest.mark.libvirt
+
+HOST_SERIAL = "4c4c4544-0054-3510-8052-b7c04f564732"
+
+
+def wait_for(cond, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def status(d) -> dict:
+    res = d.hookctl("status", "--socket", d.socket, "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def host_and_hookd(libvirt_hosts, hookd_factory, config_extra="", name="a", *, proxy=False,
+                   host_uuid=None, start=True):
+    """A libvirt host with hookd's shim, and a hookd watching it (`[hookd] libvirt_uri`, and
+    the proxy relaying to its socket). hookd starts after the host (start=False: not yet)."""
+    d = hookd_factory(name=f"hookd-{name}", config_extra=config_extra, proxy=proxy)
+    host = libvirt_hosts(name, host_uuid=host_uuid, setup_hooks=d.install_hook)
+    d.config.write_text(d.config.read_text().replace(
+        "[hookd]\n", f"[hookd]\nlibvirt_uri = {host.uri}\nlibvirt_socket = {host.socket_path}\n", 1))
+    if start:
+        start_hookd(d)
+    return host, d
+
+
+def start_hookd(d):
+    d.start()
+    wait_for(lambda: status(d)["events"]["connected"], 15, "hookd's worker connected to libvirt")
+    return d
+
+
+def define(host, tmp_path, *, serial, name=None):
+    uid = str(uuidlib.uuid4())
+    name = name or f"instance-{uid[:8]}"
+    path = tmp_path / f"{name}.xml"
+    path.write_text(nova_domain_xml(name=name, uuid=uid, serial=serial, image=None, console_log=None))
+    host.virsh("define", path)
+    return name, uid
+
+
+def ops(d, uid):
+    return [(r["operation"], r["action"]) for r in d.audit(instance=uid)]
+
+
+def wait_rows(d, uid, expected, timeout=15):
+    """Wait until the instance's rows are exactly `expected` ((operation, action) pairs)."""
+    try:
+        wait_for(lambda: ops(d, uid) == expected, timeout, f"rows {expected}")
+    except AssertionError:
+        raise AssertionError(f"rows of {uid}: {ops(d, uid)}, expected {expected}") from None
+    return d.audit(instance=uid)
+
+
+NO_RECONCILE = "[reconcile]\nenabled = false\n"
+
+
+def test_lifecycle_events_become_audit_rows(libvirt_hosts, hookd_factory, tmp_path):
+    """define, start, destroy, undefine: one row each, with the serial each one saw."""
+    host, d = host_and_hookd(libvirt_hosts, hookd_factory, NO_RECONCILE)
+    name, uid = define(host, tmp_path, serial=HOST_SERIAL)
+    host.virsh("start", name)
+    host.virsh("destroy", name)
+    host.virsh("undefine", name)
+    rows = wait_rows(d, uid, [("defined", "added"), ("prepare", "warn"), ("started", "booted"),
+                              ("stopped", "destroyed"), ("undefined", "removed")])
+    defined, prepare, started, stopped, undefined = rows
+    assert (defined["serial_seen"], defined["serial_wanted"], defined["verdict"]) == (HOST_SERIAL, uid, "rewrite")
+    assert defined["domain"] == name and defined["nova_name"] == "vm-1" and defined["flavor"] == "m1.tiny"
+    assert "DEFINED/ADDED" in defined["detail"]
+    assert started["serial_seen"] == HOST_SERIAL and "running guest" in started["detail"]
+    assert stopped["serial_seen"] == HOST_SERIAL and stopped["nova_name"] == "vm-1"
+    assert undefined["domain"] == name
+    # Every row is in time order, and `hookctl audit` tells the same story.
+    assert [r["time"] for r in rows] == sorted(r["time"] for r in rows)
+    out = d.hookctl("audit", "--state-dir", d.state_dir, "--instance", uid).stdout.decode()
+    for op in ("defined", "prepare", "started", "stopped", "undefined"):
+        assert op in out
+    st = status(d)["events"]
+    assert st["uri"] == host.uri and st["connected"] and st["reconnects"] == 0
+    assert st["events"] >= 5        # + RESUMED after the start
+
+
+def test_redefine_and_names_of_stop_reasons(libvirt_hosts, hookd_factory, tmp_path):
+    """A redefinition is DEFINED/UPDATED with the new saved serial; save is STOPPED/SAVED,
+    restore is STARTED/RESTORED."""
+    host, d = host_and_hookd(libvirt_hosts, hookd_factory, NO_RECONCILE)
+    name, uid = define(host, tmp_path, serial=HOST_SERIAL)
+    path = tmp_path / "again.xml"
+    path.write_text(nova_domain_xml(name=name, uuid=uid, serial=uid, image=None, console_log=None))
+    host.virsh("define", path)
+    host.virsh("start", name)
+    image = tmp_path / "saved.img"
+    host.virsh("save", name, image)
+    host.virsh("restore", image)
+    rows = wait_rows(d, uid, [("defined", "added"), ("defined", "updated"), ("prepare", "allow"),
+                              ("started", "booted"), ("stopped", "saved"), ("restore", "allow"),
+                              ("prepare", "allow"), ("started", "restored")])
+    assert rows[0]["serial_seen"] == HOST_SERIAL and rows[1]["serial_seen"] == uid
+    assert rows[1]["verdict"] == "compliant"
+    assert rows[7]["serial_seen"] == uid
+
+
+def test_libvirtd_restart_reconnects_resubscribes_and_sweeps(libvirt_hosts, hookd_factory, tmp_path):
+    """libvirtd killed and started again while hookd runs: the worker reconnects, resubscribes
+    (one row per event, none lost, none twice) and sweeps; status shows the reconnect."""
+    host, d = host_and_hookd(libvirt_hosts, hookd_factory)
+    running, running_uid = define(host, tmp_path, serial=None)
+    host.virsh("start", running)
+    sweeps = wait_for(lambda: status(d)["reconcile"]["sweeps"], 15, "the first sweep")
+    pid = status(d)["events"]["worker_pid"]
+
+    host.kill_libvirtd()
+    wait_for(lambda: not status(d)["events"]["connected"], 15, "the worker noticed libvirtd is gone")
+    assert status(d)["events"]["last_error"]
+    host.start_libvirtd()
+    st = wait_for(lambda: (s := status(d))["events"]["connected"] and s, 20, "reconnected")
+    assert st["events"]["reconnects"] == 1 and st["events"]["last_error"] is None
+    assert st["events"]["worker_pid"] == pid        # the same worker: it reconnected itself
+    wait_for(lambda: status(d)["reconcile"]["sweeps"] > sweeps, 15, "a sweep after the reconnect")
+    assert "reconnected to libvirt" in d.log_text()
+
+    # The guest kept running through the restart, and new events arrive exactly once.
+    assert host.virsh("domstate", running).stdout.strip() == "running"
+    uid = str(uuidlib.uuid4())
+    name = f"instance-{uid[:8]}"
+    path = tmp_path / "after.xml"
+    path.write_text(nova_domain_xml(name=name, uuid=uid, serial=uid, image=None, console_log=None))
+    host.virsh("define", path)
+    host.virsh("start", name)
+    host.virsh("destroy", name)
+    # Events are delivered in order: a duplicate of anything would show before the last one.
+    rows = wait_rows(d, uid, [("defined", "added"), ("prepare", "allow"), ("started", "booted"),
+                              ("stopped", "destroyed")])
+    assert rows[2]["serial_seen"] == uid
+
+
+def test_worker_killed_is_restarted_and_hooks_keep_working(libvirt_hosts, hookd_factory, tmp_path):
+    """The worker is best-effort: while it is down hooks are answered; it is restarted."""
+    host, d = host_and_hookd(libvirt_hosts, hookd_factory, NO_RECONCILE)
+    pid = status(d)["events"]["worker_pid"]
+    os.kill(pid, signal.SIGKILL)
+    st = wait_for(lambda: (s := status(d))["events"]["worker_pid"] is None and s, 10, "worker seen down")
+    assert "not running" in st["events"]["last_error"]
+    assert "reconcile" in d.hookctl("reconcile", "--socket", d.socket, "--dry-run").stderr.decode()
+    name, uid = define(host, tmp_path, serial=HOST_SERIAL)
+    host.virsh("start", name)                      # the hook is answered without the worker
+    assert [r["operation"] for r in d.audit(instance=uid, operation="prepare")] == ["prepare"]
+    st = wait_for(lambda: (s := status(d))["events"]["connected"] and s, 20, "worker restarted")
+    assert st["events"]["worker_pid"] not in (None, pid) and st["events"]["worker_restarts"] == 1
+    assert f"libvirt worker (pid {pid}) exited with signal SIGKILL" in d.log_text()
+    host.virsh("destroy", name)
+    wait_for(lambda: ("stopped", "destroyed") in ops(d, uid), 15, "events from the new worker")
