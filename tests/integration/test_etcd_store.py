@@ -13,6 +13,7 @@ import pytest
 from hookd import wire
 from tests.conftest import run_hookctl
 from tests.domains import HOST_SERIAL, UUID, domain
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.libvirt      # real services (etcd); runs with the integration suite
 
@@ -37,36 +38,26 @@ def status(d):
     return json.loads(run_hookctl("status", "--socket", d.socket, "--json").stdout)
 
 
-def wait_for(cond, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_watch_brings_a_pin_made_elsewhere_to_the_daemon(etcd, hookd_factory):
     """A pin written by hookctl (any host) reaches the daemon's cache through the watch."""
     d = hookd_factory(config_extra=store_conf(etcd) + "[enforce]\non_mismatch = deny\n").start()
-    wait_for(lambda: status(d)["store"]["reachable"], what="etcd reachable")
+    wait_for(lambda: status(d)["store"]["reachable"], 15, what="etcd reachable")
     assert prepare(d, domain(serial="LEGACY-1"))["action"] == "deny"    # default policy wants the UUID
     assert run_hookctl("pin", UUID, "LEGACY-1", "--config", d.config).returncode == 0
-    wait_for(lambda: prepare(d, domain(serial="LEGACY-1"))["action"] == "allow", what="pin via watch")
+    wait_for(lambda: prepare(d, domain(serial="LEGACY-1"))["action"] == "allow", 15, what="pin via watch")
     assert d.audit(instance=UUID)[-1]["rule"] == "pin"
     run_hookctl("unpin", UUID, "--config", d.config)
-    wait_for(lambda: prepare(d, domain(serial="LEGACY-1"))["action"] == "deny", what="unpin via watch")
+    wait_for(lambda: prepare(d, domain(serial="LEGACY-1"))["action"] == "deny", 15, what="unpin via watch")
 
 
 def test_outage_decisions_from_cache_and_queued_pins_written_later(etcd, hookd_factory):
     """etcd stopped: decisions go on from the cache, new pins queue; restarted: nothing lost."""
     d = hookd_factory(config_extra=store_conf(etcd, "") + "[policy]\nmode = preserve\n").start()
-    wait_for(lambda: status(d)["store"]["reachable"], what="etcd reachable")
+    wait_for(lambda: status(d)["store"]["reachable"], 15, what="etcd reachable")
     assert prepare(d, domain(serial=HOST_SERIAL))["action"] == "allow"          # pins HOST_SERIAL
-    wait_for(lambda: f"/hookd/pins/{UUID}" in etcd.get_prefix("/hookd/pins/"), what="pin in etcd")
+    wait_for(lambda: f"/hookd/pins/{UUID}" in etcd.get_prefix("/hookd/pins/"), 15, what="pin in etcd")
     etcd.stop()
-    wait_for(lambda: not status(d)["store"]["reachable"], what="outage noticed")
+    wait_for(lambda: not status(d)["store"]["reachable"], 15, what="outage noticed")
     # the pinned instance comes back with another host's serial: the cached pin decides
     prepare(d, domain(serial="HOST-B-SERIAL"))
     assert d.audit(instance=UUID)[-1]["serial_wanted"] == HOST_SERIAL
@@ -74,7 +65,7 @@ def test_outage_decisions_from_cache_and_queued_pins_written_later(etcd, hookd_f
     prepare(d, domain(uuid=OTHER, serial="KEEP-ME"))
     assert status(d)["store"]["queued"] == 1
     etcd.start()
-    wait_for(lambda: status(d)["store"]["reachable"] and status(d)["store"]["queued"] == 0, what="queue flushed")
+    wait_for(lambda: status(d)["store"]["reachable"] and status(d)["store"]["queued"] == 0, 15, what="queue flushed")
     pins = etcd.get_prefix("/hookd/pins/")
     assert pins[f"/hookd/pins/{OTHER}"]["serial"] == "KEEP-ME"
     assert pins[f"/hookd/pins/{UUID}"]["serial"] == HOST_SERIAL
@@ -90,16 +81,16 @@ def test_two_hosts_adopting_the_same_instance_agree(etcd, hookd_factory):
     a = hookd_factory("a", config_extra=conf).start()
     b = hookd_factory("b", config_extra=conf).start()
     for d in (a, b):
-        wait_for(lambda d=d: status(d)["store"]["reachable"], what="etcd reachable")
+        wait_for(lambda d=d: status(d)["store"]["reachable"], 15, what="etcd reachable")
     etcd.stop()
     for d in (a, b):
-        wait_for(lambda d=d: not status(d)["store"]["reachable"], what="outage noticed")
+        wait_for(lambda d=d: not status(d)["store"]["reachable"], 15, what="outage noticed")
     prepare(a, domain(serial="SERIAL-FROM-A"))
     prepare(b, domain(serial="SERIAL-FROM-B"))
     etcd.start()
     for d in (a, b):
         wait_for(lambda d=d: status(d)["store"]["reachable"] and status(d)["store"]["queued"] == 0,
-                 what="queues flushed")
+                 15, what="queues flushed")
     winner = etcd.get_prefix("/hookd/pins/")[f"/hookd/pins/{UUID}"]["serial"]
     assert winner in ("SERIAL-FROM-A", "SERIAL-FROM-B")
     # both now decide with the winner (the loser re-read it)

@@ -11,26 +11,15 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import time
 import uuid
 
 import pytest
 
+from tests.waiting import wait_for
 from tests.harness.guest import nova_domain_xml, read_guest_serial
 from tests.harness.libvirt_host import LibvirtHost, LibvirtHostError, pid_alive
 
 pytestmark = pytest.mark.libvirt
-
-
-def wait_for(cond, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def define_and_start(host: LibvirtHost, tmp_path: pathlib.Path, xml: str, name: str) -> None:

@@ -33,6 +33,7 @@ from hookd.rpcframe import (
     encode,
 )
 from hookd.rpcxdr import CODECS, XdrWriter
+from tests.waiting import wait_for
 from tests.harness.guest import nova_domain_xml
 
 libvirt = pytest.importorskip("libvirt")  # Debian's python3-libvirt; /usr/bin/python3 has it
@@ -89,17 +90,6 @@ async def main():
 
 asyncio.run(main())
 '''
-
-
-def wait_for(cond, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class ProxyProcess:
