@@ -34,14 +34,14 @@ _ROWS_KEY = pytest.StashKey[list]()
 def record(request) -> Callable[..., None]:
     """record(fault, expected, observed, ok=None): one row of the fault table.
 
-    Record a row right before the assertion that checks it: if the test fails, its
-    last undecided row is marked FAIL and the earlier ones PASS (they were checked).
+    Pass ok= the condition the test then asserts; ok=None rows take the test's
+    outcome. A test that fails outside its recorded checks adds a FAIL row of its own.
     """
     rows = request.node.stash.setdefault(_ROWS_KEY, [])
 
     def add(fault: str, expected: str, observed: str, ok: Optional[bool] = None) -> None:
         row = {"test": request.node.name, "fault": fault, "expected": expected,
-               "observed": str(observed), "ok": ok}
+               "observed": str(observed), "ok": None if ok is None else bool(ok)}
         rows.append(row)
         _ROWS.append(row)
 
@@ -54,19 +54,16 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     rows = item.stash.get(_ROWS_KEY, [])
     if report.when == "call" or report.failed:
-        # Tests record a row right before asserting on it: when the call failed, the
-        # last undecided row is the one that failed and the ones before it held.
-        undecided = [row for row in rows if row["ok"] is None]
-        for row in undecided:
-            row["ok"] = True
-        if report.failed and report.when == "call" and undecided:
-            undecided[-1]["ok"] = False
-        elif report.failed:
-            for row in rows:
-                row["ok"] = False            # setup/teardown broke: nothing this test saw counts
-        if report.failed and not rows:
-            row = {"test": item.name, "fault": item.name, "expected": "(see test docstring)",
-                   "observed": f"{report.when} failed before recording", "ok": False}
+        for row in rows:
+            if row["ok"] is None:
+                row["ok"] = not report.failed
+        if report.failed and not any(row["ok"] is False for row in rows):
+            reason = ""
+            if call.excinfo is not None:
+                reason = f": {call.excinfo.typename}: {str(call.excinfo.value).splitlines()[0][:160]}" \
+                    if str(call.excinfo.value) else f": {call.excinfo.typename}"
+            row = {"test": item.name, "fault": item.name, "expected": "(see the test's docstring)",
+                   "observed": f"{report.when} failed outside the recorded checks{reason}", "ok": False}
             rows.append(row)
             item.stash[_ROWS_KEY] = rows
             _ROWS.append(row)

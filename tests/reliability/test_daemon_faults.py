@@ -1,0 +1,250 @@
+"""hookd itself failing under a running hypervisor: hung, SIGKILLed mid-request, stopped.
+
+Real namespaced libvirtd + QEMU with hookd's shim (timeout 3 s) and a real hookd
+with its proxy in front of that libvirtd. Guests are defined on libvirt's own
+socket with a host-derived serial and on_mismatch = warn, so a start that hookd
+served succeeds AND leaves a `prepare` row (`warn`, or `allow` after a reconciler
+fixed the saved definition); a start hookd did
+not serve is decided by the shim's on_unreachable (allow: starts with no row;
+deny: refused with "hookd is unreachable").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid as uuidlib
+
+import libvirt
+import pytest
+
+from tests.harness.guest import nova_domain_xml
+from tests.reliability.conftest import kill_hookd, restart_hookd, status_json, wait_for
+from tests.reliability.storm import HOST_SERIAL
+
+pytestmark = pytest.mark.libvirt
+
+TIMEOUT = 3.0
+
+
+@pytest.fixture
+def stack(libvirt_hosts, hookd_factory, request):
+    policy = request.param
+    made = {}
+
+    def setup_hooks(hooks_dir):
+        sock = hooks_dir.parent.parent.parent / "run" / "libvirt" / "libvirt-sock"
+        made["d"] = hookd_factory(proxy=True, libvirt_socket=sock,
+                                  config_extra=f"libvirt_uri = qemu+unix:///system?socket={sock}\n")
+        made["d"].install_hook(hooks_dir, timeout=TIMEOUT, on_unreachable=policy)
+
+    host = libvirt_hosts("a", setup_hooks=setup_hooks)
+    d = made["d"].start()
+    conn = host.connect()
+    yield host, d, conn, policy
+    try:
+        for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            dom.destroy()
+    finally:
+        conn.close()
+
+
+class Starter:
+    """Starts guests (defined on libvirt's own socket) in threads; records outcome and wall time."""
+
+    def __init__(self, host, conn):
+        self.host, self.conn = host, conn
+        self.results = {}
+
+    def define(self, n: int = 1):
+        names = []
+        for _ in range(n):
+            uid = str(uuidlib.uuid4())
+            name = f"inst-{uid[:8]}"
+            self.conn.defineXML(nova_domain_xml(name=name, uuid=uid, serial=HOST_SERIAL, image=None,
+                                                console_log=None, memory_mib=64))
+            names.append((name, uid))
+        return names
+
+    def _start(self, name):
+        conn = self.host.connect()      # one connection per start, as concurrent Nova workers
+        t0 = time.monotonic()
+        try:
+            conn.lookupByName(name).create()
+            self.results[name] = (True, "", time.monotonic() - t0)
+        except libvirt.libvirtError as err:
+            self.results[name] = (False, str(err), time.monotonic() - t0)
+        finally:
+            conn.close()
+
+    def start_async(self, names):
+        threads = [threading.Thread(target=self._start, args=(n,), daemon=True) for n, _ in names]
+        for t in threads:
+            t.start()
+        return threads
+
+    def start(self, names, timeout=60):
+        for t in self.start_async(names):
+            t.join(timeout)
+        return [self.results[n] for n, _ in names]
+
+
+def shim_waiting(name: str) -> list:
+    """Pids of hookd shims (the Python part) running `prepare begin` for guest `name` right now."""
+    found = []
+    hook = "/etc/libvirt/hooks/qemu.d/50-hookd"      # its path inside libvirtd's namespace
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if hook.encode() in argv and name.encode() in argv and b"prepare" in argv and b"-S" in argv:
+            found.append(int(entry))
+    return found
+
+
+def served(d, uid) -> bool:
+    """hookd answered this guest's prepare (warn; or allow once the reconciler, if this build
+    has one, fixed the saved definition)."""
+    return any(r["action"] in ("warn", "allow") for r in d.audit(instance=uid, operation="prepare"))
+
+
+def check_unserved(policy, outcome):
+    ok, err, elapsed = outcome
+    if policy == "allow":
+        return ok
+    return (not ok) and "hookd is unreachable" in err and "on_unreachable = deny" in err
+
+
+@pytest.mark.parametrize("stack", ["allow", "deny"], indirect=True)
+def test_hookd_hung_killed_restarted_stopped(stack, record):
+    """hung (SIGSTOP), SIGKILL mid-request, restart during starts, stop: every start decided by on_unreachable within timeout+1 s; hookd serves again after restart; proxy clients are cut and reconnect."""
+    host, d, conn, policy = stack
+    st = Starter(host, conn)
+    fault = f"hookd faults, on_unreachable={policy}"
+    expect_unserved = "starts unchecked" if policy == "allow" else "refused: hookd is unreachable"
+
+    (g0,) = st.define()
+    (res,) = st.start([g0])
+    assert res[0] and served(d, g0[1]), res
+    proxy_uri = f"qemu+unix:///system?socket={d.proxy_socket}"
+    pconn = libvirt.open(proxy_uri)
+    assert len(pconn.listAllDomains(0)) == 1
+
+    # 1. hung: the kernel still queues connections, nobody answers.
+    d.signal(signal.SIGSTOP)
+    (g1,) = st.define()
+    (res,) = st.start([g1])
+    record(f"hookd hung (SIGSTOP), {policy}", f"{expect_unserved} after the {TIMEOUT:g} s timeout (< {TIMEOUT + 1:g} s)",
+           f"{'started' if res[0] else 'refused'} after {res[2]:.2f} s",
+           ok=check_unserved(policy, res) and TIMEOUT <= res[2] < TIMEOUT + 1.0)
+    assert check_unserved(policy, res) and TIMEOUT <= res[2] < TIMEOUT + 1.0, res
+
+    # Resumed: the request the shim gave up on is still in the socket and gets an answer
+    # nobody reads; hookd records that decision although the shim applied on_unreachable.
+    d.signal(signal.SIGCONT)
+    status_json(d)
+    late = d.audit(instance=g1[1], operation="prepare")
+    record(f"hookd resumed after the shim timed out, {policy}", "hookd serves again at once (status answers)",
+           f"answers; the abandoned request left {len(late)} audit row(s) "
+           f"{[r['action'] for r in late]} though the shim {'allowed it unchecked' if policy == 'allow' else 'refused it'}",
+           ok=True)
+    d.signal(signal.SIGSTOP)
+
+    # 2. SIGKILL while a shim waits for the (stopped) daemon's answer.
+    (g2,) = st.define()
+    threads = st.start_async([g2])
+    wait_for(lambda: shim_waiting(g2[0]), 10, "the shim to wait on hookd")
+    t_kill = time.monotonic()
+    kill_hookd(d)
+    for t in threads:
+        t.join(30)
+    res = st.results[g2[0]]
+    after_kill = time.monotonic() - t_kill
+    record(f"hookd SIGKILLed mid-request, {policy}", f"{expect_unserved} at once (connection reset), < {TIMEOUT + 1:g} s",
+           f"{'started' if res[0] else 'refused'} {after_kill:.2f} s after the kill, {res[2]:.2f} s in all",
+           ok=check_unserved(policy, res) and res[2] < TIMEOUT + 1.0)
+    assert check_unserved(policy, res) and res[2] < TIMEOUT + 1.0, res
+
+    # The proxy lived in the killed process: its client's connection is gone.
+    t0 = time.monotonic()
+    with pytest.raises(libvirt.libvirtError):
+        pconn.listAllDomains(0)         # an RPC (getType() is cached by the client)
+    cut = time.monotonic() - t0
+    try:
+        pconn.close()
+    except libvirt.libvirtError:
+        pass
+    record("hookd died under a proxy client", "client's connection closed (call fails fast)",
+           f"call failed after {cut:.2f} s", ok=cut < 5)
+    assert cut < 5
+
+    # 3. Restart hookd while guests start: two "Nova workers" start guests back to back
+    #    before, during and after the restart (each goes on until it has done one more
+    #    start after hookd said READY).
+    batch = st.define(12)
+    queue = list(batch)
+    lock = threading.Lock()
+    back = threading.Event()
+
+    def worker():
+        after = 0
+        while after < 2:
+            with lock:
+                if not queue:
+                    return
+                name = queue.pop(0)[0]
+            was_back = back.is_set()
+            st._start(name)
+            after += was_back
+
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(2)]
+    for t in workers:
+        t.start()
+    restart_hookd(d)
+    back.set()
+    for t in workers:
+        t.join(60)
+    batch = [g for g in batch if g[0] in st.results]
+    outcomes = [(st.results[n], served(d, u)) for n, u in batch]
+    wrong = [o for o in outcomes if not (o[0][2] < TIMEOUT + 1.0 and
+                                         ((o[1] and o[0][0]) or (not o[1] and check_unserved(policy, o[0]))))]
+    record(f"hookd restarted while guests start, {policy}",
+           f"each start served (row, started) or {expect_unserved}; < {TIMEOUT + 1:g} s",
+           f"{sum(1 for o in outcomes if o[1])} served, {sum(1 for o in outcomes if not o[1])} unserved, "
+           f"{len(wrong)} wrong", ok=not wrong)
+    assert not wrong, wrong
+
+    # After the restart hookd serves without any manual action: hooks and proxy.
+    (g3,) = st.define()
+    (res,) = st.start([g3])
+    pconn = libvirt.open(proxy_uri)
+    try:
+        uid = str(uuidlib.uuid4())
+        pconn.defineXML(nova_domain_xml(name="via-proxy", uuid=uid, serial=HOST_SERIAL, image=None,
+                                        console_log=None, memory_mib=64))
+    finally:
+        pconn.close()
+    saved = host.virsh("dumpxml", "--inactive", "via-proxy").stdout
+    record(f"after hookd restart, {policy}", "hooks served and a new proxy client's define rewritten",
+           f"start {'ok' if res[0] else 'refused'}, served={served(d, g3[1])}; "
+           f"proxy define rewritten={uid in saved and HOST_SERIAL not in saved}",
+           ok=res[0] and served(d, g3[1]) and f"<entry name='serial'>{uid}</entry>" in saved)
+    assert res[0] and served(d, g3[1]) and f"<entry name='serial'>{uid}</entry>" in saved
+
+    # 4. Stopped cleanly (SIGTERM): the socket is gone.
+    assert d.stop() == 0
+    (g4,) = st.define()
+    (res,) = st.start([g4])
+    record(f"hookd stopped (SIGTERM), {policy}", f"{expect_unserved} at once", f"{'started' if res[0] else 'refused'} after {res[2]:.2f} s",
+           ok=check_unserved(policy, res) and res[2] < 1.0 + 1.0)
+    assert check_unserved(policy, res) and res[2] < 1.0 + 1.0, res
+    restart_hookd(d)
+    (g5,) = st.define()
+    (res,) = st.start([g5])
+    assert res[0] and served(d, g5[1]), res
