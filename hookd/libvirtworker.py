@@ -19,6 +19,9 @@ the daemon: while a qemu hook runs libvirt locks its domain (and list calls),
 and the hook waits on the daemon. This process may block on such a call; the
 daemon never waits on it (hooks and the proxy work without it). It runs one
 asyncio loop with libvirt's events dispatched by libvirtaio, and no threads.
+Its lifetime is the daemon's: it stops when told to or when the daemon's end of
+the channel closes, and ignores SIGTERM/SIGINT/SIGHUP (the daemon SIGKILLs it by
+pid if it does not stop in time).
 It must not decide anything about hooks, write the audit log, or touch a running
 guest.
 """
@@ -461,7 +464,6 @@ class Worker:
         sock = socket.socket(fileno=self.fd)
         sock.setblocking(False)
         reader, self._writer = await asyncio.open_unix_connection(sock=sock)
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         self._send_status()
         for coro in (self._read_daemon(reader), self._keep_connected(), self._process_events(),
                      self._sweeper(), self._domain_worker()):
@@ -489,10 +491,12 @@ def main(argv=None) -> int:
     p.add_argument("--fd", type=int, required=True, help="the daemon's socketpair end")
     p.add_argument("--config", metavar="FILE")
     args = p.parse_args(argv)
-    # The daemon decides when we stop (it tells us); a terminal's ^C or hangup goes
-    # to the whole process group and must not kill us behind its back.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # The daemon decides when we stop: it says so, or its end of our channel closes
+    # when it dies. A terminal's ^C or hangup, and systemd's SIGTERM to the whole
+    # cgroup at `systemctl stop`, also reach us; obeying them would look like a crash
+    # to the supervisor (and get us restarted) while the daemon is still draining.
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     from hookd.daemon import setup_logging
     try:
         config = load_config(args.config)

@@ -235,6 +235,9 @@ class WorkerSupervisor:
                 log.error("cannot handle %r from the libvirt worker: %s: %s", msg.get("op"),
                           type(err).__name__, err)
                 log.debug("traceback", exc_info=True)
+            # A burst of buffered rows (a sweep, a host boot) is read without suspending;
+            # let hook requests in between two of them.
+            await asyncio.sleep(0)
 
     def _handle(self, msg: dict) -> None:
         op = msg.get("op")

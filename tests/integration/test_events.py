@@ -164,19 +164,43 @@ def test_libvirtd_restart_reconnects_resubscribes_and_sweeps(libvirt_hosts, hook
     assert rows[2]["serial_seen"] == uid
 
 
-def test_worker_killed_is_restarted_and_hooks_keep_working(libvirt_hosts, hookd_factory, tmp_path):
-    """The worker is best-effort: while it is down hooks are answered; it is restarted."""
+def test_hung_worker_does_not_hold_hooks_and_killed_worker_is_restarted(libvirt_hosts, hookd_factory,
+                                                                          tmp_path):
+    """The worker is best-effort: stopped (SIGSTOP), hooks and status are still answered at
+    once; killed, it is restarted with its events resubscribed."""
     host, d = host_and_hookd(libvirt_hosts, hookd_factory, NO_RECONCILE)
     pid = status(d)["events"]["worker_pid"]
-    os.kill(pid, signal.SIGKILL)
-    st = wait_for(lambda: (s := status(d))["events"]["worker_pid"] is None and s, 10, "worker seen down")
-    assert "not running" in st["events"]["last_error"]
-    assert "reconcile" in d.hookctl("reconcile", "--socket", d.socket, "--dry-run").stderr.decode()
     name, uid = define(host, tmp_path, serial=HOST_SERIAL)
-    host.virsh("start", name)                      # the hook is answered without the worker
-    assert [r["operation"] for r in d.audit(instance=uid, operation="prepare")] == ["prepare"]
-    st = wait_for(lambda: (s := status(d))["events"]["connected"] and s, 20, "worker restarted")
-    assert st["events"]["worker_pid"] not in (None, pid) and st["events"]["worker_restarts"] == 1
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        host.virsh("start", name)                  # its hook is answered by the daemon alone
+        assert time.monotonic() - t0 < 3
+        assert [r["action"] for r in d.audit(instance=uid, operation="prepare")] == ["warn"]
+        assert status(d)["events"]["worker_pid"] == pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # What it missed while stopped was queued by libvirt, not lost.
+    wait_for(lambda: ("started", "booted") in ops(d, uid), 15, "the started row after SIGCONT")
+
+    os.kill(pid, signal.SIGKILL)
+    st = wait_for(lambda: (s := status(d))["events"]["worker_pid"] not in (None, pid)
+                  and s["events"]["connected"] and s, 20, "the worker restarted and connected")
+    assert st["events"]["worker_restarts"] == 1
     assert f"libvirt worker (pid {pid}) exited with signal SIGKILL" in d.log_text()
     host.virsh("destroy", name)
     wait_for(lambda: ("stopped", "destroyed") in ops(d, uid), 15, "events from the new worker")
+    assert ops(d, uid).count(("started", "booted")) == 1
+
+
+def test_unreachable_libvirt_is_reported_not_fatal(hookd_factory, tmp_path):
+    """No libvirtd at libvirt_uri: hookd runs, status says why, reconcile fails with the reason."""
+    uri = f"qemu+unix:///system?socket={tmp_path}/nothing-here"
+    d = hookd_factory(config_extra=f"libvirt_uri = {uri}\n")
+    d.start()
+    ev = wait_for(lambda: (e := status(d)["events"])["last_error"] and e, 10, "the connection error")
+    assert ev["connected"] is False and ev["uri"] == uri and ev["worker_pid"]
+    res = d.hookctl("reconcile", "--socket", d.socket, "--dry-run")
+    assert res.returncode == 1
+    assert f"reconcile: not connected to libvirt at {uri}" in res.stderr.decode()
+    assert d.log_text().count("cannot connect to libvirt") == 1        # once, not per retry
