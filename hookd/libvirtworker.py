@@ -79,6 +79,9 @@ CLOSE_REASONS = {getattr(libvirt, f"VIR_CONNECT_CLOSE_REASON_{r}"): r.lower()
                  for r in ("ERROR", "EOF", "KEEPALIVE", "CLIENT")}
 #: The events that become audit rows (the others are only counted).
 RECORDED = frozenset({"started", "stopped", "defined", "undefined"})
+FACT_KEYS = ("nova_name", "project", "flavor")
+#: Domains remembered for their STOPPED/UNDEFINED rows (transient ones never undefine).
+CACHE_MAX = 20000
 
 
 def event_names(event: int, detail: int) -> Tuple[str, str]:
@@ -113,8 +116,11 @@ class Worker:
         #: instance UUID -> (why, first asked): domains to reconcile one by one.
         self._domain_work: "OrderedDict[str, Tuple[str, float]]" = OrderedDict()
         self._domain_work_ready = asyncio.Event()
-        #: instance UUID -> (serial the running guest has, facts) from its last STARTED.
-        self._seen: Dict[str, dict] = {}
+        #: instance UUID -> Nova facts (name, project, flavor) from the last XML read, and
+        #: -> the serial it runs with (from its STARTED event): what STOPPED and
+        #: UNDEFINED rows carry, as there is nothing left to read then. Both bounded.
+        self._facts: "OrderedDict[str, dict]" = OrderedDict()
+        self._ran_with: "OrderedDict[str, Optional[str]]" = OrderedDict()
         self._status_handle: Optional[asyncio.TimerHandle] = None
         self._tasks: list = []
         self.exit_code = 0
@@ -348,16 +354,19 @@ class Worker:
                     row.update(seen)
                     what += ("; serial_seen is the running guest's" if name == "started"
                              else "; serial_seen is the saved definition's (next cold boot)")
-            if name == "started" and seen is not None:
-                self._seen[uuid] = seen
+            if seen is not None:
+                self._remember(self._facts, uuid, {k: seen[k] for k in FACT_KEYS})
+                if name == "started":
+                    self._remember(self._ran_with, uuid, seen["serial_seen"])
         else:
-            # Stopped or gone: nothing left to read; say what the guest ran with, if we saw it start.
-            last = self._seen.pop(uuid, None) if name == "undefined" else self._seen.get(uuid)
-            if last is not None:
-                row.update({k: last[k] for k in ("nova_name", "project", "flavor")})
-                if name == "stopped":
-                    row["serial_seen"] = last["serial_seen"]
-                    what += "; serial_seen is the serial it ran with"
+            # Stopped or gone: nothing left to read. Name the instance as last seen, and
+            # for a stop the serial it ran with, if we saw it start.
+            facts = self._facts.pop(uuid, None) if name == "undefined" else self._facts.get(uuid)
+            if facts is not None:
+                row.update(facts)
+            if name == "stopped" and uuid in self._ran_with:
+                row["serial_seen"] = self._ran_with.pop(uuid)
+                what += "; serial_seen is the serial it ran with"
         row["detail"] = what
         if name == "started":
             log.info("instance %s (%s) started (%s) with serial %r", uuid, dname, detail_name,
@@ -365,6 +374,13 @@ class Worker:
         else:
             log.debug("instance %s (%s): %s", uuid, dname, what)
         self._record(**row)
+
+    @staticmethod
+    def _remember(cache: OrderedDict, key: str, value) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > CACHE_MAX:
+            cache.popitem(last=False)
 
     def _alive(self) -> bool:
         try:

@@ -53,6 +53,8 @@ ACTION_SKIPPED = "skipped"
 HOOK_HOLD_S = 60.0
 #: At most this many defines per second, whatever triggered them.
 MAX_DEFINES_PER_S = 10.0
+#: Hook-call and STARTED/STOPPED times kept before expired ones are pruned.
+SETTLED_MAX = 10000
 
 XML_FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
 
@@ -140,12 +142,20 @@ class Reconciler:
 
     # ------------------------------------------------------------- hook holds
     def note_hook(self, instance_uuid: str, op: str, when: Optional[float] = None) -> None:
-        if instance_uuid:
-            self._hooks[instance_uuid.lower()] = (op, self._clock() if when is None else when)
+        if not instance_uuid:
+            return
+        now = self._clock() if when is None else when
+        if len(self._hooks) > SETTLED_MAX:
+            self._hooks = {k: h for k, h in self._hooks.items() if now - h[1] <= self._hook_hold}
+        self._hooks[instance_uuid.lower()] = (op, now)
 
     def note_settled(self, instance_uuid: str, when: Optional[float] = None) -> None:
         """A STARTED or STOPPED event: whatever the last hook call began is over."""
-        self._settled[instance_uuid.lower()] = self._clock() if when is None else when
+        now = self._clock() if when is None else when
+        if len(self._settled) > SETTLED_MAX:
+            # Only times within the hold matter; older ones cannot release anything.
+            self._settled = {k: t for k, t in self._settled.items() if now - t <= self._hook_hold}
+        self._settled[instance_uuid.lower()] = now
 
     def hook_pending(self, instance_uuid: str) -> Optional[str]:
         key = instance_uuid.lower()

@@ -41,6 +41,8 @@ STOP_GRACE_S = 5.0
 RECONCILE_TIMEOUT_S = 110.0
 
 _ROW_KEYS = frozenset(COLUMNS)
+_DAEMON_ONLY_ENV = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+                              "LISTEN_FDNAMES"})
 
 
 def describe_exit(code: Optional[int]) -> str:
@@ -96,8 +98,11 @@ class WorkerSupervisor:
         argv = [sys.executable, "-m", "hookd.libvirtworker", "--fd", str(theirs.fileno())]
         if self.config_path:
             argv += ["--config", self.config_path]
+        # systemd's notify, watchdog and socket-activation variables are the daemon's alone.
+        env = {k: v for k, v in os.environ.items() if k not in _DAEMON_ONLY_ENV}
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), close_fds=True)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), close_fds=True,
+                                    env=env)
         except OSError as err:
             ours.close()
             self._down_reason = f"cannot start: {err}"

@@ -12,6 +12,9 @@ policy serial, and the guest's next cold boot on B shows it.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
 import uuid as uuidlib
 
@@ -128,6 +131,13 @@ def test_live_migration_direct_target_reconciles_under_deny(libvirt_hosts, hookd
     assert f"serial={HOST_SERIAL}" in ",".join(b.qemu_cmdline(name))   # still untouched
     cold_boot_shows_policy_serial(b, db, name, uid, console)
     assert status(db)["reconcile"]["fixed"] == 1
+    # The licence report: every serial this instance booted with on B, and when.
+    wait_for(lambda: ("started", "booted") in ops(db, uid), 15, "B's started/booted row")
+    res = db.hookctl("audit", "--state-dir", db.state_dir, "--instance", uid, "--operation", "started", "--csv")
+    booted = [(r["action"], r["serial_seen"], bool(r["time"])) for r in csv.DictReader(io.StringIO(res.stdout.decode()))]
+    assert booted == [("migrated", HOST_SERIAL, True), ("booted", uid, True)]
+    assert [(r["action"], r["serial_seen"]) for r in da.audit(instance=uid, operation="started")] == \
+        [("booted", HOST_SERIAL)]
 
 
 def test_transient_migration_under_deny_is_not_refused_nor_defined(libvirt_hosts, hookd_factory, tmp_path):
@@ -141,7 +151,7 @@ def test_transient_migration_under_deny_is_not_refused_nor_defined(libvirt_hosts
     wait_for(lambda: ("started", "migrated") in ops(db, uid), 15, "B's started/migrated row")
     assert [o for o in ops(db, uid) if o[0] in ("migrate", "prepare")] == [("migrate", "drift"),
                                                                           ("prepare", "drift")]
-    items = {i["instance_uuid"]: i for i in __import__("json").loads(db.hookctl(
+    items = {i["instance_uuid"]: i for i in json.loads(db.hookctl(
         "reconcile", "--socket", db.socket, "--json").stdout)["items"]}
     assert uid not in items           # sweeps list persistent domains only
     assert b.virsh("dominfo", name).stdout.split("Persistent:")[1].split()[0] == "no"
