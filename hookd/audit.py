@@ -8,6 +8,7 @@ failure is logged once, and the queue is flushed when writing works again.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import logging
 import os
@@ -46,6 +47,9 @@ CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
 """
 #: Rows kept in memory while the disk refuses them (a few hours of a busy host).
 PENDING_MAX = 100_000
+#: While the disk refuses rows, try again this often (seconds), so queued rows reach
+#: the disk once it recovers even when no new event comes (a quiet host).
+RETRY_S = 2.0
 
 
 def now_iso() -> str:
@@ -69,6 +73,7 @@ class AuditLog:
         self.written = 0
         #: Called with every row as a dict (the etcd store keeps a copy of the audit).
         self.mirror = None
+        self._retry: Optional[asyncio.TimerHandle] = None
         try:
             os.makedirs(state_dir, mode=0o750, exist_ok=True)
         except OSError as err:
@@ -93,6 +98,16 @@ class AuditLog:
             log.error("audit log %s cannot be written (%s); keeping rows in memory until it can",
                       self.path, err)
         self.failing = str(err)
+        if self._retry is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return      # no event loop (hookctl): the next record() tries again
+            self._retry = loop.call_later(RETRY_S, self._retry_flush)
+
+    def _retry_flush(self) -> None:
+        self._retry = None
+        self.flush()        # a failure schedules the next try
 
     def record(self, **row) -> None:
         row.setdefault("time", now_iso())
@@ -134,6 +149,9 @@ class AuditLog:
         return len(self._pending)
 
     def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         self.flush()
         if self._db is not None:
             self._db.close()

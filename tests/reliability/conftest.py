@@ -19,6 +19,7 @@ from typing import Callable, List, Optional
 
 import pytest
 
+from tests.waiting import wait_for  # noqa: F401  (the suite's one bounded wait)
 from tests.integration.conftest import (  # noqa: F401  (re-exported fixtures)
     guest_image,
     hookd_factory,
@@ -94,18 +95,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 # ----------------------------------------------------------------------------- helpers
 
-def wait_for(cond, timeout: float, what: str, interval: float = 0.05):
-    """Poll cond() until truthy (returned) or fail after timeout: a bounded wait, not a sleep."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 def restart_hookd(d, timeout: float = 20.0) -> None:
     """Start a HookdProcess again after it died or was stopped (same config, sockets, state)."""
     if d.proc is not None and d.proc.poll() is None:
@@ -157,3 +146,62 @@ def run_as_nobody(argv, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=kw.pop("timeout", 60),
                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp", "LC_ALL": "C"},
                           **kw)
+
+
+def ask(sock_path, msg: dict, timeout: float = 10) -> dict:
+    """One request on hookd's hook socket, the way the shim and hookctl frame it."""
+    import socket
+    import struct
+    from hookd import wire
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock_path))
+        s.sendall(wire.encode(msg))
+        head = s.recv(4, socket.MSG_WAITALL)
+        if len(head) < 4:
+            raise ConnectionError("hookd closed the connection without answering")
+        (n,) = struct.unpack(">I", head)
+        return wire.decode(head + s.recv(n, socket.MSG_WAITALL))
+
+
+def prepare_msg(name: str, xml: str) -> dict:
+    return {"v": 1, "op": "prepare", "sub": "begin", "domain": name, "extra": "-", "xml": xml}
+
+
+def is_mountpoint(path) -> bool:
+    path = os.path.realpath(str(path))
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+@pytest.fixture
+def mounts():
+    """mounts.add(argv_of_mount, target, before_umount=callable): mounts made by the test,
+    unmounted at teardown (innermost first) after their before_umount (e.g. stopping the
+    daemon whose files live there) ran."""
+    made = []
+
+    class Mounts:
+        def add(self, argv, target, before_umount=None):
+            subprocess.run(["mount", *map(str, argv)], check=True, capture_output=True, timeout=30)
+            made.append((str(target), before_umount))
+            assert is_mountpoint(target)
+
+        def remount(self, target, options):
+            subprocess.run(["mount", "-o", options, str(target)], check=True, capture_output=True, timeout=30)
+
+    yield Mounts()
+    errors = []
+    for target, before in reversed(made):
+        try:
+            if before is not None:
+                before()
+        except Exception as e:
+            errors.append(f"before umount {target}: {e}")
+        while is_mountpoint(target):   # a bind mount over a bind mount needs one umount each
+            r = subprocess.run(["umount", target], capture_output=True, text=True, timeout=30)
+            if r.returncode != 0:
+                errors.append(f"umount {target}: {r.stderr.strip()}")
+                break
+    if errors:
+        pytest.fail("; ".join(errors), pytrace=False)
