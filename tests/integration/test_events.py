@@ -81,6 +81,20 @@ def wait_rows(d, uid, expected, timeout=15):
     return d.audit(instance=uid)
 
 
+def drive(d, host, uid, steps):
+    """Run virsh steps one at a time and wait after each for the rows it adds. Hook rows
+    come from the daemon and event rows from the worker, two paths: only waiting between
+    steps makes the order of the rows the order of the steps. Returns all rows."""
+    expected: list = []
+    rows: list = []
+    for args, adds in steps:
+        if args:
+            host.virsh(*args)
+        expected += adds
+        rows = wait_rows(d, uid, list(expected))
+    return rows
+
+
 NO_RECONCILE = "[reconcile]\nenabled = false\n"
 
 
@@ -88,11 +102,11 @@ def test_lifecycle_events_become_audit_rows(libvirt_hosts, hookd_factory, tmp_pa
     """define, start, destroy, undefine: one row each, with the serial each one saw."""
     host, d = host_and_hookd(libvirt_hosts, hookd_factory, NO_RECONCILE)
     name, uid = define(host, tmp_path, serial=HOST_SERIAL)
-    host.virsh("start", name)
-    host.virsh("destroy", name)
-    host.virsh("undefine", name)
-    rows = wait_rows(d, uid, [("defined", "added"), ("prepare", "warn"), ("started", "booted"),
-                              ("stopped", "destroyed"), ("undefined", "removed")])
+    rows = drive(d, host, uid, [
+        (None, [("defined", "added")]),
+        (("start", name), [("prepare", "warn"), ("started", "booted")]),
+        (("destroy", name), [("stopped", "destroyed")]),
+        (("undefine", name), [("undefined", "removed")])])
     defined, prepare, started, stopped, undefined = rows
     assert (defined["serial_seen"], defined["serial_wanted"], defined["verdict"]) == (HOST_SERIAL, uid, "rewrite")
     assert defined["domain"] == name and defined["nova_name"] == "vm-1" and defined["flavor"] == "m1.tiny"
@@ -117,14 +131,13 @@ def test_redefine_and_names_of_stop_reasons(libvirt_hosts, hookd_factory, tmp_pa
     name, uid = define(host, tmp_path, serial=HOST_SERIAL)
     path = tmp_path / "again.xml"
     path.write_text(nova_domain_xml(name=name, uuid=uid, serial=uid, image=None, console_log=None))
-    host.virsh("define", path)
-    host.virsh("start", name)
     image = tmp_path / "saved.img"
-    host.virsh("save", name, image)
-    host.virsh("restore", image)
-    rows = wait_rows(d, uid, [("defined", "added"), ("defined", "updated"), ("prepare", "allow"),
-                              ("started", "booted"), ("stopped", "saved"), ("restore", "allow"),
-                              ("prepare", "allow"), ("started", "restored")])
+    rows = drive(d, host, uid, [
+        (None, [("defined", "added")]),
+        (("define", path), [("defined", "updated")]),
+        (("start", name), [("prepare", "allow"), ("started", "booted")]),
+        (("save", name, image), [("stopped", "saved")]),
+        (("restore", image), [("restore", "allow"), ("prepare", "allow"), ("started", "restored")])])
     assert rows[0]["serial_seen"] == HOST_SERIAL and rows[1]["serial_seen"] == uid
     assert rows[1]["verdict"] == "compliant"
     assert rows[7]["serial_seen"] == uid
@@ -155,12 +168,11 @@ def test_libvirtd_restart_reconnects_resubscribes_and_sweeps(libvirt_hosts, hook
     name = f"instance-{uid[:8]}"
     path = tmp_path / "after.xml"
     path.write_text(nova_domain_xml(name=name, uuid=uid, serial=uid, image=None, console_log=None))
-    host.virsh("define", path)
-    host.virsh("start", name)
-    host.virsh("destroy", name)
-    # Events are delivered in order: a duplicate of anything would show before the last one.
-    rows = wait_rows(d, uid, [("defined", "added"), ("prepare", "allow"), ("started", "booted"),
-                              ("stopped", "destroyed")])
+    # Events are delivered in order: a duplicate would show before the next step's row.
+    rows = drive(d, host, uid, [
+        (("define", path), [("defined", "added")]),
+        (("start", name), [("prepare", "allow"), ("started", "booted")]),
+        (("destroy", name), [("stopped", "destroyed")])])
     assert rows[2]["serial_seen"] == uid
 
 

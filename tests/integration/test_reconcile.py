@@ -17,7 +17,7 @@ import uuid as uuidlib
 import pytest
 
 from tests.harness.guest import nova_domain_xml, read_guest_serial
-from tests.integration.test_events import host_and_hookd, start_hookd, status, wait_for
+from tests.integration.test_events import drive, host_and_hookd, start_hookd, status, wait_for
 
 pytestmark = pytest.mark.libvirt
 
@@ -133,14 +133,12 @@ def test_define_event_fix_is_idempotent_and_lets_deny_start(libvirt_hosts, hookd
     starts it."""
     host, d = host_and_hookd(libvirt_hosts, hookd_factory, "[enforce]\non_mismatch = deny\n")
     name, uid = define(host, tmp_path, serial=HOST_SERIAL)
-    wait_for(lambda: saved_serial(host, name) == uid, 10, "the saved definition fixed")
-    host.virsh("start", name)
-    host.virsh("destroy", name)
-    ops = [("defined", "added"), ("reconcile", "fixed"), ("defined", "updated"), ("prepare", "allow"),
-           ("started", "booted"), ("stopped", "destroyed")]
-    # Rows arrive in event order: a define loop would have put more rows before the last one.
-    wait_for(lambda: [(r["operation"], r["action"]) for r in d.audit(instance=uid)] == ops, 15,
-             f"rows {ops}")
+    # Worker rows arrive in event order: a define loop would put more rows before the next ones.
+    drive(d, host, uid, [
+        (None, [("defined", "added"), ("reconcile", "fixed"), ("defined", "updated")]),
+        (("start", name), [("prepare", "allow"), ("started", "booted")]),
+        (("destroy", name), [("stopped", "destroyed")])])
+    assert saved_serial(host, name) == uid
     assert status(d)["reconcile"]["fixed"] == 1
     started = d.audit(instance=uid, operation="started")[0]
     assert started["serial_seen"] == uid
