@@ -130,6 +130,7 @@ class Daemon:
         await self.server.start()
         self.worker = WorkerSupervisor(self.config_path, self.audit)
         self.handler.on_hook = self.worker.note_hook
+        self.worker.lookup_pin = self.handler.evaluator.lookup     # the reconciler decides with pins too
         await self.worker.start()
         if d.proxy_socket:
             await self._start_proxy(fds.get(FD_NAME_PROXY))

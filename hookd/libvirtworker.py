@@ -60,6 +60,8 @@ RETRY_EVERY_S = 1.0
 RETRY_FOR_S = 180.0
 #: Status reports to the daemon are coalesced to at most one per this many seconds.
 STATUS_EVERY_S = 0.1
+#: How long a pin lookup waits for the daemon (then the domain is left for later).
+PIN_TIMEOUT_S = 5.0
 
 _EVENT_TYPES = ("DEFINED", "UNDEFINED", "STARTED", "SUSPENDED", "RESUMED", "STOPPED", "SHUTDOWN",
                 "PMSUSPENDED", "CRASHED")
@@ -106,7 +108,9 @@ class Worker:
         self.reconnects = 0
         self.events = 0
         self.last_error: Optional[str] = None
-        self.reconciler = Reconciler(lambda: self.config, self._record)
+        self.reconciler = Reconciler(lambda: self.config, self._record, pins=self.lookup_pin)
+        self._next_id = 0
+        self._pin_requests: Dict[int, asyncio.Future] = {}
         self._writer: Optional[asyncio.StreamWriter] = None
         self._stop = asyncio.Event()
         self._lost = asyncio.Event()
@@ -164,7 +168,11 @@ class Worker:
                 self._stop.set()
                 return
             op = msg.get("op")
-            if op == "note_hook":
+            if op == "pin":
+                fut = self._pin_requests.pop(msg.get("id"), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+            elif op == "note_hook":
                 self.reconciler.note_hook(str(msg.get("instance_uuid") or ""), str(msg.get("hook")),
                                           msg.get("t") if isinstance(msg.get("t"), (int, float)) else None)
             elif op == "reload":
@@ -176,6 +184,24 @@ class Worker:
                 return
             else:
                 log.error("unknown message %r from the daemon; ignored", op)
+
+    async def lookup_pin(self, uuid: str) -> Optional[str]:
+        """The instance's pin, from the daemon (the pin store's one owner); bounded wait."""
+        self._next_id += 1
+        req = self._next_id
+        fut = asyncio.get_running_loop().create_future()
+        self._pin_requests[req] = fut
+        self._send({"op": "pin", "id": req, "instance_uuid": uuid})
+        try:
+            reply = await asyncio.wait_for(fut, PIN_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise HookdError(f"no answer from the daemon within {PIN_TIMEOUT_S:g} s") from None
+        finally:
+            self._pin_requests.pop(req, None)
+        if reply.get("error"):
+            raise HookdError(str(reply["error"]))
+        pin = reply.get("serial")
+        return pin if isinstance(pin, str) else None
 
     def _reload(self) -> None:
         try:
@@ -315,7 +341,7 @@ class Worker:
             name, detail_name = event_names(event, detail)
             if name in RECORDED:
                 try:
-                    self._record_event(stamp, dom, name, detail_name)
+                    await self._record_event(stamp, dom, name, detail_name)
                 except ReconcileError as err:
                     self._connection_failed(err)
             if name in ("defined", "started"):
@@ -323,7 +349,7 @@ class Worker:
                 # holds the guest, and its saved definition is ours to fix.
                 self._want_domain(dom.UUIDString(), f"after {name}/{detail_name} event")
 
-    def _record_event(self, stamp: str, dom, name: str, detail_name: str) -> None:
+    async def _record_event(self, stamp: str, dom, name: str, detail_name: str) -> None:
         dname, uuid = dom.name(), dom.UUIDString()
         row = {"time": stamp, "operation": name, "domain": dname, "instance_uuid": uuid,
                "action": detail_name}
@@ -340,8 +366,13 @@ class Worker:
                 what += f"; definition not readable ({err.get_error_message()})"
             if xml is not None:
                 try:
+                    pin = await self.lookup_pin(uuid)
+                except HookdError as err:
+                    pin = None
+                    what += f"; serial_wanted decided without the pin store ({err})"
+                try:
                     ev = evaluate(xml.encode("utf-8", "surrogatepass"), self.config.policy, rewrite=False,
-                                  what=f"{name} XML of domain {dname!r}")
+                                  what=f"{name} XML of domain {dname!r}", pins=lambda _uuid: pin)
                 except HookdError as err:
                     what += f"; cannot read the definition: {err}"
                 else:

@@ -10,7 +10,9 @@ check is what keeps that from looping). It works on one domain at a time and
 rate-limits its defines, so a sweep of a busy host cannot flood libvirtd.
 
 It runs only inside hookd.libvirtworker (its libvirt calls block), and it writes
-no audit rows itself: it hands them to the `record` callable it was given.
+no audit rows itself: it hands them to the `record` callable it was given. Pins
+(hookd.store) are looked up through the `pins` callable, never written here: a
+preserve-mode instance is pinned on first sight by the hook or proxy path.
 
 Domains it leaves alone, each reported as `skipped` with the reason:
   - transient domains (nothing saved to fix), and domains that disappear
@@ -81,11 +83,14 @@ class Item:
                 "detail": self.detail}
 
 
-def plan(xml: bytes, config: Config, name: str) -> Tuple[Optional[Evaluation], Item]:
+def plan(xml: bytes, config: Config, name: str, pin: Optional[str] = None) -> Tuple[Optional[Evaluation], Item]:
     """Decide one saved definition without libvirt: the evaluation (None when the XML
-    cannot be read) and the item a dry run reports (`would-fix` when out of policy)."""
+    cannot be read) and the item a dry run reports (`would-fix` when out of policy).
+    `pin` is the instance's pinned serial (looked up by the caller), which the policy
+    puts before rules and modes, as on the hook and proxy paths."""
     try:
-        ev = evaluate(xml, config.policy, what=f"saved definition of domain {name!r}")
+        ev = evaluate(xml, config.policy, what=f"saved definition of domain {name!r}",
+                      pins=lambda _uuid: pin)
     except HookdError as err:
         return None, Item(ACTION_SKIPPED, name, None, detail=f"cannot read the saved definition: {err}")
     d = ev.decision
@@ -120,11 +125,15 @@ class Reconciler:
     """Decides and fixes saved definitions; its counters feed `hookctl status`."""
 
     def __init__(self, get_config: Callable[[], Config], record: Callable[..., None], *,
+                 pins: Optional[Callable[[str], Awaitable[Optional[str]]]] = None,
                  max_defines_per_s: float = MAX_DEFINES_PER_S, hook_hold_s: float = HOOK_HOLD_S,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
         self._config = get_config
         self._record = record
+        #: The instance's pin, from the daemon's pin store (None: no pin). It must be
+        #: the same answer the hook path gets, or the two would undo each other's work.
+        self._pins = pins
         self._interval = 1.0 / max_defines_per_s if max_defines_per_s > 0 else 0.0
         self._hook_hold = hook_hold_s
         self._clock = clock
@@ -186,7 +195,10 @@ class Reconciler:
         got = self._read(dom, name, uuid)
         if isinstance(got, Item):
             return got
-        ev, item = plan(got, self._config(), name)
+        pin = await self._pin(name, uuid)
+        if isinstance(pin, Item):
+            return pin
+        ev, item = plan(got, self._config(), name, pin)
         if item.action != ACTION_WOULD_FIX:
             return item
         busy = self._busy(dom, name, uuid)
@@ -205,7 +217,10 @@ class Reconciler:
         got = self._read(dom, name, uuid)
         if isinstance(got, Item):
             return got
-        ev, item = plan(got, self._config(), name)
+        pin = await self._pin(name, uuid)
+        if isinstance(pin, Item):
+            return pin
+        ev, item = plan(got, self._config(), name, pin)
         if item.action != ACTION_WOULD_FIX or ev is None or ev.xml is None:
             return item
         d = ev.decision
@@ -226,6 +241,17 @@ class Reconciler:
                  d.serial_current, d.serial_policy, d.rule, why)
         self._row(ev, ACTION_FIXED, detail)
         return Item(ACTION_FIXED, name, uuid, d.serial_current, d.serial_policy, detail)
+
+    async def _pin(self, name: str, uuid: str):
+        """The instance's pin (or None), or the Item that says why it could not be had.
+        Without the answer the reconciler does nothing: deciding without a pin that
+        exists would write a serial the hook path then calls out of policy."""
+        if self._pins is None:
+            return None
+        try:
+            return await self._pins(uuid)
+        except HookdError as err:
+            return Item(ACTION_SKIPPED, name, uuid, detail=f"pin lookup failed: {err}", retry=True)
 
     def _read(self, dom, name: str, uuid: str):
         """The saved definition's bytes, or the Item that says why there is none."""

@@ -7,7 +7,8 @@ on this daemon. This module owns spawning the worker (with one end of a
 socketpair, hookd.wire framing both ways), restarting it with backoff when it
 dies, stopping it by pid, forwarding hook notes, reloads and reconcile requests,
 keeping the latest status it reported, and writing the audit rows it sends (the
-daemon stays the audit log's single writer).
+daemon stays the audit log's single writer), and answering its pin lookups (the
+daemon owns the pin store).
 
 Nothing here may block or wait on the worker without a bound: the worker is
 best-effort, and hooks and the proxy keep working while it is down.
@@ -23,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from hookd import wire
 from hookd.audit import COLUMNS
@@ -75,6 +76,9 @@ class WorkerSupervisor:
         self._down_reason: Optional[str] = "not started"
         self._next_id = 0
         self._pending: Dict[int, asyncio.Future] = {}
+        #: The daemon's pin lookup (hookd.store.PinnedEvaluator.lookup): the worker asks
+        #: for pins through us, so the daemon stays the pin store's one owner.
+        self.lookup_pin: Optional[Callable[[str], Optional[str]]] = None
         self._reported: dict = {
             "events": {"uri": None, "connected": False, "reconnects": 0, "events": 0, "last_error": None},
             "reconcile": {"sweeps": 0, "fixed": 0, "last_sweep": None},
@@ -254,6 +258,12 @@ class WorkerSupervisor:
             for key in ("events", "reconcile"):
                 if isinstance(msg.get(key), dict):
                     self._reported[key] = msg[key]
+        elif op == "pin":
+            uuid = str(msg.get("instance_uuid") or "")
+            answer = {"op": "pin", "id": msg.get("id"), "instance_uuid": uuid, "serial": None}
+            if self.lookup_pin is not None:
+                answer["serial"] = self.lookup_pin(uuid)   # local: a file or memory, never the network
+            self._send(answer)
         elif op == "reply":
             fut = self._pending.pop(msg.get("id"), None)
             if fut is not None and not fut.done():

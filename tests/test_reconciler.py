@@ -14,6 +14,7 @@ import libvirt
 import pytest
 
 from hookd.config import build_config, parse_ini
+from hookd.errors import HookdError
 from hookd.reconciler import (
     HOOK_HOLD_S,
     XML_FLAGS,
@@ -356,3 +357,39 @@ def test_definition_changed_while_waiting_is_read_again():
     r._sleep = sleep_and_redefine
     item = run(r.reconcile_domain(dom, fix=True, why="t"))
     assert item.action == "compliant" and len(defines(conn)) == 1
+
+
+# ------------------------------------------------------------------ pins
+
+def test_plan_pin_decides_before_the_mode():
+    _, item = plan(domain(), config(), "x", pin="LIC-0001")
+    assert (item.action, item.serial_policy) == ("would-fix", "LIC-0001")
+    _, item = plan(domain(serial="LIC-0001"), config(), "x", pin="LIC-0001")
+    assert item.action == "compliant"       # not "fixed" to the UUID: the hook path agrees
+
+
+def test_pins_come_from_the_lookup_and_a_failed_lookup_changes_nothing():
+    asked = []
+    pins = {UUID: "LIC-0001"}
+    failing = False
+
+    async def lookup(uuid):
+        asked.append(uuid)
+        if failing:
+            raise HookdError("no answer from the daemon within 5 s")
+        return pins.get(uuid)
+
+    rows = []
+    r = Reconciler(lambda: config(), lambda **row: rows.append(row), pins=lookup, clock=Clock(),
+                   sleep=Clock().sleep)
+    conn = FakeConn()
+    dom = conn.add(FakeDomain(domain()))
+    failing = True
+    item = run(r.reconcile_domain(dom, fix=True, why="t"))
+    assert (item.action, item.retry) == ("skipped", True) and "pin lookup failed" in item.detail
+    assert defines(conn) == []
+    failing = False
+    item = run(r.reconcile_domain(dom, fix=True, why="t"))
+    assert (item.action, item.serial_policy) == ("fixed", "LIC-0001")
+    assert "<entry name='serial'>LIC-0001</entry>" in defines(conn)[0][1].replace('"', "'")
+    assert rows[0]["rule"] == "pin" and asked and set(asked) == {UUID}

@@ -165,3 +165,23 @@ def test_periodic_sweeps(libvirt_hosts, hookd_factory, tmp_path):
     define(host, tmp_path, serial=None)
     st = wait_for(lambda: (s := status(d)["reconcile"])["sweeps"] >= 3 and s, 10, "three sweeps")
     assert st["last_sweep"]["why"] == "periodic" and st["last_sweep"]["checked"] == 1
+
+
+def test_pinned_instances_get_their_pin_not_the_mode(libvirt_hosts, hookd_factory, tmp_path):
+    """A pin (hookctl pin) comes before the mode, in the reconciler as on the hook path: the
+    saved definition gets the pinned serial, and a definition that has it is left alone."""
+    host, d = host_and_hookd(libvirt_hosts, hookd_factory, "[reconcile]\nenabled = false\n")
+    legacy, legacy_uid = define(host, tmp_path, serial=HOST_SERIAL)
+    kept, kept_uid = define(host, tmp_path, serial="LIC-0002")
+    for uid, serial in ((legacy_uid, "LIC-0001"), (kept_uid, "LIC-0002")):
+        res = d.hookctl("pin", "--config", d.config, uid, serial)
+        assert res.returncode == 0, res.stderr
+    items = by_uuid(reconcile(d))
+    assert (items[legacy_uid]["action"], items[legacy_uid]["serial_policy"]) == ("fixed", "LIC-0001")
+    assert (items[kept_uid]["action"], items[kept_uid]["serial_policy"]) == ("compliant", "LIC-0002")
+    assert saved_serial(host, legacy) == "LIC-0001" and saved_serial(host, kept) == "LIC-0002"
+    (row,) = d.audit(instance=legacy_uid, operation="reconcile")
+    assert (row["rule"], row["serial_wanted"]) == ("pin", "LIC-0001")
+    # The hook path agrees: the next start is in policy.
+    host.virsh("start", legacy)
+    assert d.audit(instance=legacy_uid, operation="prepare")[0]["verdict"] == "compliant"
