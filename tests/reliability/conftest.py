@@ -141,11 +141,16 @@ def status_json(d, timeout: float = 10) -> dict:
     return json.loads(res.stdout)
 
 
-def run_as_nobody(argv, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", *argv],
+def run_as(uid: int, gid: int, argv, **kw) -> subprocess.CompletedProcess:
+    """Run argv as uid:gid with no supplementary groups (setpriv)."""
+    return subprocess.run(["setpriv", "--reuid", str(uid), "--regid", str(gid), "--clear-groups", *argv],
                           capture_output=True, text=True, timeout=kw.pop("timeout", 60),
                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp", "LC_ALL": "C"},
                           **kw)
+
+
+def run_as_nobody(argv, **kw) -> subprocess.CompletedProcess:
+    return run_as(65534, 65534, argv, **kw)
 
 
 def ask(sock_path, msg: dict, timeout: float = 10) -> dict:

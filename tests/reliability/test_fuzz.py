@@ -1,0 +1,110 @@
+"""Coverage-guided fuzzing (atheris) of the two parsers that read untrusted bytes.
+
+The XML entry point (hookd.engine.evaluate) and the proxy's frame decoder with the
+XDR codecs (hookd.rpcframe + hookd.rpcxdr) are fuzzed at the same time, one process
+each (2 cores), for HOOKD_FUZZ_SECONDS (default 60) each, with a memory limit and a
+per-input timeout (see fuzz_targets.py). atheris is the suite's one package from
+PyPI: it lives in its own virtualenv (see README.md). If it cannot be installed the
+test FAILS with the reason: no fuzzing must not look like a pass.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+HERE = pathlib.Path(__file__).resolve().parent
+VENV = pathlib.Path(os.environ.get("HOOKD_FUZZ_VENV", "/var/cache/hookd-tests/fuzz-venv"))
+SECONDS = int(os.environ.get("HOOKD_FUZZ_SECONDS", "60"))
+RSS_LIMIT_MB = 1024
+PER_INPUT_TIMEOUT_S = 10
+
+
+def ensure_fuzz_venv() -> pathlib.Path:
+    """The venv's python with atheris importable; created (and atheris installed) if needed."""
+    python = VENV / "bin" / "python"
+
+    def works() -> bool:
+        return python.exists() and subprocess.run([str(python), "-c", "import atheris, lxml"],
+                                                  capture_output=True, timeout=60).returncode == 0
+
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(VENV.parent / ".fuzz-venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if works():
+            return python
+        steps = [["/usr/bin/python3", "-m", "venv", "--system-site-packages", "--clear", str(VENV)],
+                 [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "atheris"]]
+        for argv in steps:
+            try:
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+            except (OSError, subprocess.TimeoutExpired) as err:
+                pytest.fail(f"cannot set up the fuzzing virtualenv: {' '.join(argv)}: {err}", pytrace=False)
+            if r.returncode != 0:
+                pytest.fail(f"cannot set up the fuzzing virtualenv ({' '.join(argv)} exited {r.returncode}): "
+                            f"{(r.stderr or r.stdout).strip()[-1500:]}", pytrace=False)
+        if not works():
+            pytest.fail(f"atheris installed in {VENV} but `import atheris` fails", pytrace=False)
+        return python
+
+
+def parse_stats(log: str) -> dict:
+    done = re.findall(r"Done (\d+) runs in (\d+) second", log)
+    last = re.findall(r"cov: (\d+) ft: (\d+) corp: (\d+)/\S+.*?rss: (\d+)Mb", log)
+    out = {"runs": int(done[-1][0]) if done else 0, "seconds": int(done[-1][1]) if done else 0}
+    if last:
+        out.update(cov=int(last[-1][0]), corpus=int(last[-1][2]), rss_mb=int(last[-1][3]))
+    return out
+
+
+def test_fuzz_xml_and_frame_decoder(tmp_path, record):
+    """atheris on engine.evaluate and on FrameDecoder+XDR codecs, in parallel: no crash, no hang, bounded memory."""
+    python = ensure_fuzz_venv()
+    targets = {"xml": 65536, "frames": 16384}
+    procs = {}
+    try:
+        for name, max_len in targets.items():
+            corpus = tmp_path / f"corpus-{name}"
+            subprocess.run([str(python), str(HERE / "fuzz_targets.py"), "seed", name, str(corpus)],
+                           check=True, timeout=120, capture_output=True)
+            log = open(tmp_path / f"{name}.log", "wb")
+            procs[name] = (subprocess.Popen(
+                [str(python), str(HERE / "fuzz_targets.py"), name, f"-max_total_time={SECONDS}",
+                 f"-rss_limit_mb={RSS_LIMIT_MB}", f"-timeout={PER_INPUT_TIMEOUT_S}", f"-max_len={max_len}",
+                 "-print_final_stats=1", f"-artifact_prefix={tmp_path}/{name}-", str(corpus)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path), start_new_session=True), log)
+        deadline = time.monotonic() + SECONDS + 120
+        for name, (proc, log) in procs.items():
+            try:
+                proc.wait(max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        for name, (proc, log) in procs.items():
+            if proc.poll() is None:          # over its wall-clock bound: a hang of the harness
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+            log.close()
+    failures = []
+    for name, (proc, _) in procs.items():
+        text = (tmp_path / f"{name}.log").read_text(errors="replace")
+        stats = parse_stats(text)
+        artifacts = sorted(p.name for p in tmp_path.glob(f"{name}-*"))
+        ok = proc.returncode == 0 and not artifacts and stats["runs"] > 0 \
+            and stats.get("rss_mb", 0) < RSS_LIMIT_MB
+        what = {"xml": "hookd.engine.evaluate", "frames": "rpcframe.FrameDecoder + rpcxdr codecs"}[name]
+        record(f"atheris fuzzing {what}", f"no crash/hang/OOM in {SECONDS} s (rss limit {RSS_LIMIT_MB} MiB, "
+               f"{PER_INPUT_TIMEOUT_S} s per input)",
+               f"exit {proc.returncode}; {stats['runs']} inputs in {stats['seconds']} s, coverage {stats.get('cov')}, "
+               f"corpus {stats.get('corpus')}, peak rss {stats.get('rss_mb')} MiB; artifacts {artifacts or 'none'}",
+               ok=ok)
+        if not ok:
+            failures.append(f"{name}: exit {proc.returncode}, artifacts {artifacts}:\n{text[-3000:]}")
+    assert not failures, "\n".join(failures)
