@@ -114,9 +114,17 @@ class HookServer:
                     log.warning("hook socket: pid %d sent a bad message (%s); dropped", pid, err)
                     log.debug("raw bytes: %r", err.raw[:200])
                     return
-                reply = await self._dispatch(msg)
+                try:
+                    reply = encode(await self._dispatch(msg))
+                except Exception as err:
+                    # A handler's bug costs this request (the shim then applies its
+                    # on_unreachable), never the daemon or an unlogged task exception.
+                    log.error("hook socket: request from pid %d failed: %s: %s; connection closed "
+                              "without an answer", pid, type(err).__name__, err)
+                    log.debug("traceback of the failed request", exc_info=True)
+                    return
                 self.served += 1
-                writer.write(encode(reply))
+                writer.write(reply)
                 await writer.drain()
         except (ConnectionError, OSError) as err:
             log.debug("hook socket: client went away: %s", err)

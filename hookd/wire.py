@@ -42,7 +42,8 @@ def encode(message: dict) -> bytes:
 def decode_body(body: bytes) -> dict:
     try:
         message = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        # RecursionError: JSON nested deeper than the interpreter's recursion limit.
         raise MessageError(f"undecodable message: {err}", body) from err
     if not isinstance(message, dict):
         raise MessageError("message is not a JSON object", body)

@@ -106,6 +106,11 @@ def parse_xml(data: bytes, *, what: str = "XML") -> "etree._Element":
         bytes(data).decode("utf-8")
     except UnicodeDecodeError as err:
         raise XmlError(f"{what} is not valid UTF-8 (byte {err.start})") from err
+    nul = data.find(b"\0")
+    if nul >= 0:
+        # Not an XML character; libxml2 takes a NUL after the root element for the end
+        # of the input and silently ignores whatever follows it.
+        raise XmlError(f"{what} contains a NUL byte (offset {nul})")
     if _root_start(data) < 0:
         raise XmlError(f"{what} has a DOCTYPE; DTDs and entities are refused")
     try:

@@ -58,6 +58,13 @@ def test_bad_streams_keep_raw_bytes(data, fragment):
     assert fragment in str(err.value) and err.value.raw and err.value.raw in data
 
 
+def test_deeply_nested_json_is_a_message_error():
+    # json recurses per nesting level: past the interpreter's limit it raises RecursionError.
+    body = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(wire.MessageError, match="undecodable"):
+        wire.decode(struct.pack(">I", len(body)) + body)
+
+
 def test_oversize_announcement_rejected_without_reading_body():
     data = struct.pack(">I", wire.MAX_MESSAGE + 1)
     with pytest.raises(wire.MessageError, match="over the"):

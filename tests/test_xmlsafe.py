@@ -36,6 +36,8 @@ PARAM_ENTITY = b"""<!-- c --><!DOCTYPE d [<!ENTITY % p SYSTEM "file:///etc/shado
     (b"", "empty"),
     (b"   \n", "empty"),
     (b"<domain>\xff\xfe</domain>", "not valid UTF-8"),
+    # libxml2 stops at a NUL after the root: what follows must not be half-read.
+    (domain() + b"\0\0<!-- -- -->" + domain(), "NUL byte"),
     (b"<?xml version='1.0' encoding='ISO-8859-1'?><domain/>", "only UTF-8"),
     (b"<vm><uuid>" + UUID.encode() + b"</uuid></vm>", "root element is <vm>"),
     (b"<d:domain xmlns:d='urn:x'><uuid>" + UUID.encode() + b"</uuid></d:domain>", "root element is <domain>"),
