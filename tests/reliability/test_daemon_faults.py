@@ -21,7 +21,7 @@ import libvirt
 import pytest
 
 from tests.harness.guest import nova_domain_xml
-from tests.reliability.conftest import kill_hookd, restart_hookd, status_json, wait_for
+from tests.reliability.conftest import destroy_all_parallel, kill_hookd, restart_hookd, status_json, wait_for
 from tests.reliability.storm import HOST_SERIAL
 
 pytestmark = pytest.mark.libvirt
@@ -44,11 +44,8 @@ def stack(libvirt_hosts, hookd_factory, request):
     d = made["d"].start()
     conn = host.connect()
     yield host, d, conn, policy
-    try:
-        for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-            dom.destroy()
-    finally:
-        conn.close()
+    conn.close()
+    destroy_all_parallel(host)      # host.stop() would destroy them one by one
 
 
 class Starter:
