@@ -12,11 +12,16 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
+import sys
+import time
 import uuid as uuidlib
 
 import pytest
 
+from tests.conftest import hookd_env
 from tests.harness.guest import nova_domain_xml, read_guest_serial
+from tests.harness.libvirt_host import VIRSH
 from tests.integration.test_events import drive, host_and_hookd, start_hookd, status, wait_for
 
 pytestmark = pytest.mark.libvirt
@@ -185,3 +190,48 @@ def test_pinned_instances_get_their_pin_not_the_mode(libvirt_hosts, hookd_factor
     # The hook path agrees: the next start is in policy.
     host.virsh("start", legacy)
     assert d.audit(instance=legacy_uid, operation="prepare")[0]["verdict"] == "compliant"
+
+
+def test_worker_blocked_by_a_hook_does_not_block_the_daemon(libvirt_hosts, hookd_factory, tmp_path):
+    """While a qemu hook runs, libvirt locks its domain and list calls block. The worker's
+    sweep waits for it; the daemon (serving that very hook, and hookctl) does not."""
+    marker = tmp_path / "slow-hook-running"
+    d = hookd_factory(name="hookd-a", config_extra="[reconcile]\nenabled = false\n")
+
+    def hooks(hooks_dir):
+        slow = hooks_dir / "40-slow"          # runs before hookd's 50-hookd
+        slow.write_text(f"#!/bin/sh\ncat >/dev/null\n[ \"$2\" = prepare ] || exit 0\n"
+                        f"touch '{marker}'\nsleep 3\n")
+        slow.chmod(0o755)
+        d.install_hook(hooks_dir)
+
+    host = libvirt_hosts("a", setup_hooks=hooks)
+    d.config.write_text(d.config.read_text().replace("[hookd]\n", f"[hookd]\nlibvirt_uri = {host.uri}\n", 1))
+    start_hookd(d)
+    name, uid = define(host, tmp_path, serial=None)
+    starting = subprocess.Popen([VIRSH, "-q", "-c", host.uri, "start", name], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    procs = [starting]
+    try:
+        wait_for(marker.exists, 10, "the slow hook running")
+        sweeping = subprocess.Popen([sys.executable, "-m", "hookd.cli", "reconcile", "--socket", str(d.socket),
+                                     "--dry-run", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=hookd_env())
+        procs.append(sweeping)
+        t0 = time.monotonic()
+        st = status(d)                          # answered while the worker waits on libvirt
+        assert time.monotonic() - t0 < 1.5
+        assert st["events"]["connected"]
+        assert sweeping.poll() is None          # the sweep is still waiting for the hook
+        out, err = sweeping.communicate(timeout=30)
+        assert sweeping.returncode == 0, err
+        item = by_uuid(json.loads(out))[uid]
+        # Listed once the hook let go: held back if its prepare note came first, else read.
+        assert item["action"] in ("would-fix", "skipped"), item
+        assert starting.wait(30) == 0, starting.stderr.read()
+    finally:
+        for p in procs:                         # by pid, whatever happened
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [r["action"] for r in d.audit(instance=uid, operation="prepare")] == ["warn"]
