@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
@@ -210,9 +211,7 @@ class Worker:
             log.error("configuration reload rejected: %s; keeping the previous one", err)
             return
         # [hookd] (the URI among them) changes only at a restart, as in the daemon.
-        self.config = Config(policy=new.policy, daemon=self.config.daemon, on_mismatch=new.on_mismatch,
-                             reconcile_enabled=new.reconcile_enabled,
-                             reconcile_interval=new.reconcile_interval, sources=new.sources)
+        self.config = dataclasses.replace(new, daemon=self.config.daemon)
         log.info("configuration reloaded: reconcile %s, interval %g s",
                  "enabled" if new.reconcile_enabled else "disabled", new.reconcile_interval)
         self._status_changed()
