@@ -183,7 +183,9 @@ def query(state_dir: str, *, instance: Optional[str] = None, since: Optional[str
     sql = f"SELECT id, {', '.join(COLUMNS)} FROM audit"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id"
+    # Rows from the libvirt worker (events) arrive a few ms after the hook and proxy
+    # rows of the same moment; time order tells the story, id breaks ties.
+    sql += " ORDER BY time, id"
     if limit:
         sql += f" LIMIT {int(limit)}"
     try:

@@ -51,7 +51,8 @@ class HookHandler:
 
     def handle(self, msg: dict) -> dict:
         op, sub = msg.get("op"), msg.get("sub")
-        if msg.get("v") != PROTOCOL_VERSION or op not in HOOK_OPS or sub != "begin":
+        # Anything may arrive on the socket: a non-string op must not reach the set lookup.
+        if msg.get("v") != PROTOCOL_VERSION or not isinstance(op, str) or op not in HOOK_OPS or sub != "begin":
             self.counters["bad-request"] += 1
             return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW,
                     "message": f"hookd: ignored unsupported request {op!r}/{sub!r}"}

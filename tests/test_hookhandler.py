@@ -76,7 +76,8 @@ def test_unreadable_xml_is_allowed_and_recorded_as_error(tmp_path):
 
 
 @pytest.mark.parametrize("msg", [{}, {"v": 2, "op": "prepare", "sub": "begin"}, {"v": 1, "op": "started", "sub": "begin"},
-                                 {"v": 1, "op": "prepare", "sub": "end"}])
+                                 {"v": 1, "op": "prepare", "sub": "end"}, {"v": 1, "op": {"x": 1}, "sub": "begin"},
+                                 {"v": 1, "op": ["prepare"], "sub": "begin"}])
 def test_unsupported_requests_are_allowed_not_crashed(tmp_path, msg):
     h, _ = handler(tmp_path)
     assert h.handle(msg)["action"] == "allow"

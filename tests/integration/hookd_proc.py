@@ -29,14 +29,30 @@ class HookdProcess:
         self.state_dir = self.dir / "state"
         self.config = self.dir / "hookd.conf"
         self.log = self.dir / "hookd.log"
-        lines = ["[hookd]", f"socket = {self.socket}", f"state_dir = {self.state_dir}",
-                 f"proxy_socket = {self.proxy_socket or ''}", "log_level = debug"]
-        if libvirt_socket is not None:
-            lines.append(f"libvirt_socket = {libvirt_socket}")
-        self.config.write_text("\n".join(lines) + "\n" + config_extra)
+        self.config_extra = config_extra
+        # Never the host's qemu:///system: the worker's reconciler redefines domains. A test
+        # daemon follows the test's own libvirtd (follow()), or a socket that does not exist.
+        self.hookd_settings = {
+            "socket": self.socket, "state_dir": self.state_dir, "proxy_socket": self.proxy_socket or "",
+            "log_level": "debug", "libvirt_socket": libvirt_socket or self.dir / "no-libvirt-sock",
+            "libvirt_uri": f"qemu+unix:///system?socket={libvirt_socket or self.dir / 'no-libvirt-sock'}",
+        }
+        if libvirt_socket is None:
+            del self.hookd_settings["libvirt_socket"]
+        self.write_config()
         self.proc: Optional[subprocess.Popen] = None
         self._notify: Optional[socket.socket] = None
         self.notifications: list = []
+
+    def write_config(self) -> None:
+        lines = ["[hookd]"] + [f"{k} = {v}" for k, v in self.hookd_settings.items()]
+        self.config.write_text("\n".join(lines) + "\n" + self.config_extra)
+
+    def follow(self, host) -> None:
+        """Point this hookd at a LibvirtHost: its events/reconciler URI and the proxy's upstream."""
+        self.hookd_settings["libvirt_uri"] = host.uri
+        self.hookd_settings["libvirt_socket"] = host.socket_path
+        self.write_config()
 
     @property
     def pid(self) -> int:

@@ -46,8 +46,7 @@ def host_and_hookd(libvirt_hosts, hookd_factory, config_extra="", name="a", *, p
     the proxy relaying to its socket). hookd starts after the host (start=False: not yet)."""
     d = hookd_factory(name=f"hookd-{name}", config_extra=config_extra, proxy=proxy)
     host = libvirt_hosts(name, host_uuid=host_uuid, setup_hooks=d.install_hook)
-    d.config.write_text(d.config.read_text().replace(
-        "[hookd]\n", f"[hookd]\nlibvirt_uri = {host.uri}\nlibvirt_socket = {host.socket_path}\n", 1))
+    d.follow(host)
     if start:
         start_hookd(d)
     return host, d

@@ -206,7 +206,7 @@ def test_worker_blocked_by_a_hook_does_not_block_the_daemon(libvirt_hosts, hookd
         d.install_hook(hooks_dir)
 
     host = libvirt_hosts("a", setup_hooks=hooks)
-    d.config.write_text(d.config.read_text().replace("[hookd]\n", f"[hookd]\nlibvirt_uri = {host.uri}\n", 1))
+    d.follow(host)
     start_hookd(d)
     name, uid = define(host, tmp_path, serial=None)
     starting = subprocess.Popen([VIRSH, "-q", "-c", host.uri, "start", name], stdout=subprocess.PIPE,
