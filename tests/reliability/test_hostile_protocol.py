@@ -19,7 +19,7 @@ import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hookd import wire
@@ -99,6 +99,11 @@ def test_hook_socket_survives_arbitrary_messages(hookd_factory, record):
 
     @settings(max_examples=300, **SETTINGS)
     @given(messages)
+    # Regressions, always tried: an unhashable op (crashed the hook handler), JSON
+    # nested past the recursion limit (crashed the decoder).
+    @example(frame(b'{"v":1,"op":["prepare"],"sub":"begin","xml":""}'))
+    @example(frame(b'{"v":1,"op":{"a":1},"sub":{}}'))
+    @example(frame(b"[" * 100_000 + b"]" * 100_000))
     def prop(data):
         reply = exchange(d.socket, data)
         seen["answered" if reply else "closed"] += 1
@@ -199,7 +204,9 @@ def test_proxy_rejects_oversize_frames(hookd_factory, tmp_path, record):
     """A length word over 32 MiB (+4) on the proxy socket: session dropped, nothing of it reaches libvirtd."""
     upstream = StandInUpstream(tmp_path / "up.sock")
     try:
-        d = hookd_factory(proxy=True, libvirt_socket=tmp_path / "up.sock")
+        # The events worker must not connect to the stand-in too: only the proxy's sessions count.
+        d = hookd_factory(proxy=True, libvirt_socket=tmp_path / "up.sock",
+                          config_extra=f"libvirt_uri = qemu+unix:///system?socket={tmp_path}/no-such-sock\n")
         d.start()
         results = []
         for length in (MESSAGE_MAX + 4 + 1, 2 ** 32 - 1):
