@@ -43,6 +43,9 @@ class RawSection:
     path: str
     line: int
     keys: Dict[str, Setting] = field(default_factory=dict)
+    #: Values a later line or file overrode: still validated, so a mistake does not
+    #: lie in wait until the file that hides it is removed.
+    shadowed: List[Tuple[str, Setting]] = field(default_factory=list)
 
 
 def parse_ini(text: str, path: str, into: Dict[str, RawSection]) -> None:
@@ -76,6 +79,8 @@ def parse_ini(text: str, path: str, into: Dict[str, RawSection]) -> None:
             raise ConfigError("missing key before '='", path, lineno)
         if section is None:
             raise ConfigError(f"key {key!r} is outside any [section]", path, lineno)
+        if key in section.keys:
+            section.shadowed.append((key, section.keys[key]))
         section.keys[key] = Setting(value.strip(), path, lineno)
         last = (section, key)
 
@@ -290,11 +295,11 @@ def build_config(sections: Dict[str, RawSection], sources: Tuple[str, ...]) -> C
             known = ", ".join(f"[{s}]" for s in SCHEMA) + ", [rule:NAME]"
             raise ConfigError(f"unknown section [{name}] (known: {known})", sec.path, sec.line)
         out = values.setdefault(name, {})
-        for key, setting in sec.keys.items():
+        for key, setting in sec.shadowed + list(sec.keys.items()):
             if key not in schema:
                 raise ConfigError(f"unknown key {key!r} in [{name}] (known: {', '.join(schema)})",
                                   setting.path, setting.line)
-            out[key] = schema[key][0](setting)
+            out[key] = schema[key][0](setting)      # the live value comes last
 
     def get(section, key):
         return values.get(section, {}).get(key, SCHEMA[section][key][1])
@@ -333,6 +338,12 @@ def _build_rule(sec: RawSection, default_template) -> Rule:
         if key not in RULE_KEYS:
             raise ConfigError(f"unknown key {key!r} in [rule:{name}] (known: {', '.join(RULE_KEYS)})",
                               s.path, s.line)
+    for key, s in sec.shadowed:
+        if key not in RULE_KEYS:
+            raise ConfigError(f"unknown key {key!r} in [rule:{name}] (known: {', '.join(RULE_KEYS)})",
+                              s.path, s.line)
+        {"mode": _choice(*MODES), "template": _template, "instance": _uuid_list, "image": _uuid_list,
+         "project": lambda v: _uuid_list(v, dashed=False), "flavor": _text}[key](s)
     keys = sec.keys
     if "mode" not in keys:
         raise ConfigError(f"[rule:{name}] needs 'mode ='", sec.path, sec.line)

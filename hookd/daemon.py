@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import warnings
@@ -65,13 +66,26 @@ def setup_logging(level: str) -> None:
 
 
 def _notify(message: str) -> None:
-    if not os.environ.get("NOTIFY_SOCKET"):
+    """sd_notify without ever blocking the event loop.
+
+    libsystemd's sd_notify (what systemd-python calls) sends on a blocking
+    datagram socket: if the receiver stops reading and its queue fills, the send,
+    and with it every hook waiting on this loop, hangs. A non-blocking send that
+    drops the message when the queue is full costs a lost STATUS= at worst.
+    """
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
         return
+    if path.startswith("@"):
+        path = "\0" + path[1:]          # abstract namespace
     try:
-        from systemd import daemon as sd
-        sd.notify(message)
-    except ImportError:
-        pass
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)
+            s.sendto(message.encode(), path)
+    except BlockingIOError:
+        log.debug("notify socket full; dropped %r", message)
+    except OSError as err:
+        log.debug("notify %r failed: %s", message, err)
 
 
 def _inherited_fds() -> dict:

@@ -36,6 +36,7 @@ ACTION_ALLOW = "allow"
 ACTION_DENY = "deny"
 ACTION_WARN = "warn"          # allowed, but out of policy
 ACTION_DRIFT = "drift"        # allowed: the serial cannot change on this path
+ACTION_EXPIRED = "expired"    # answered after the hook's timeout: on_unreachable decided
 
 
 class HookHandler:
@@ -74,6 +75,16 @@ class HookHandler:
             self.on_hook(ev.decision.instance_uuid, op)
         if pinned is not None:
             self._record_pin(op, ev, pinned)
+        deadline = msg.get("deadline")
+        if isinstance(deadline, (int, float)) and deadline and time.time() > deadline:
+            # The shim gave up waiting and on_unreachable decided; recording this as a
+            # decision would misstate what happened to the guest.
+            self.counters["expired"] += 1
+            log.warning("%s instance %s (%s): request answered %.1f s after the hook gave up; "
+                        "on_unreachable decided that start", op, ev.decision.instance_uuid, name,
+                        time.time() - deadline)
+            self._record(op, ev, ACTION_EXPIRED, "answered after the hook's timeout; on_unreachable decided")
+            return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
         if op in INCOMING_OPS:
             return self._incoming_call(op, name, ev)
         return self._prepare(name, ev, cfg, msg.get("extra"))

@@ -115,3 +115,16 @@ def test_sample_config_is_valid(tmp_path):
     from tests.conftest import REPO
     cfg = load_config(str(REPO / "packaging" / "hookd.conf"))
     assert cfg.policy.mode == "unique"
+
+
+def test_a_bad_value_hidden_by_a_later_file_is_still_an_error(tmp_path):
+    """Removing the file that hides a mistake must not be what reveals it."""
+    main = write(tmp_path / "hookd.conf", "[policy]\nmode = bogus\n[rule:r]\ninstance = nope\nmode = host\n")
+    write(tmp_path / "conf.d" / "10-fix.conf", f"[policy]\nmode = host\n[rule:r]\ninstance = {UUID}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(main))
+    assert (err.value.path, err.value.line) == (str(main), 2)
+    write(tmp_path / "hookd.conf", "[policy]\nmode = host\n[rule:r]\ninstance = nope\nmode = host\n")
+    with pytest.raises(ConfigError, match="'nope' is not a UUID") as err:
+        load_config(str(main))
+    assert err.value.line == 4

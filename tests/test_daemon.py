@@ -66,8 +66,15 @@ def open_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_non_root_peer_is_refused_with_logged_reason(open_dir):
-    daemon = HookdProcess(open_dir)
+@pytest.fixture
+def open_daemon(open_dir):
+    d = HookdProcess(open_dir)
+    yield d
+    d.stop()
+
+
+def test_non_root_peer_is_refused_with_logged_reason(open_daemon):
+    daemon = open_daemon
     daemon.start()
     os.chmod(daemon.socket, 0o666)       # only SO_PEERCRED stands between nobody and hookd now
     os.chmod(daemon.dir, 0o755)
@@ -81,11 +88,8 @@ def test_non_root_peer_is_refused_with_logged_reason(open_dir):
     res = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
                           sys.executable, "-c", code, str(daemon.socket)], capture_output=True, text=True, timeout=20)
     assert res.stdout.strip() == "closed", res       # closed without an answer
-    try:
-        assert status(daemon)["hook_refused"] == 1
-        assert "refused connection from pid" in daemon.log_text() and "uid 65534" in daemon.log_text()
-    finally:
-        daemon.stop()
+    assert status(daemon)["hook_refused"] == 1
+    assert "refused connection from pid" in daemon.log_text() and "uid 65534" in daemon.log_text()
 
 
 def test_bad_config_at_start_is_one_line(tmp_path):

@@ -106,3 +106,12 @@ def test_audit_queues_while_disk_refuses_and_flushes_later(tmp_path):
     log._db = None
     assert log.flush() and log.pending == 0 and log.failing is None
     assert [r["verdict"] for r in query(str(state))] == ["compliant", "rewrite", "rewrite"]
+
+
+def test_request_answered_after_the_hooks_deadline_is_recorded_as_expired(tmp_path):
+    """A shim that gave up (on_unreachable decided) must not be recorded as a decision."""
+    import time
+    h, state = handler(tmp_path, "[enforce]\non_mismatch = deny\n")
+    call(h, "prepare", deadline=time.time() - 1)
+    call(h, "prepare", deadline=time.time() + 60)
+    assert [r["action"] for r in query(str(state))] == ["expired", "deny"]

@@ -110,13 +110,14 @@ def load_shim(tmp_path):
 
 
 @pytest.mark.parametrize("xml", ["<domain/>", "<domain>é \" \\ \u2028 \U0001f600</domain>", "x" * 100000,
-                                 "bad \udcff byte"])
+                                 "bad \udcff byte"], ids=["plain", "escapes", "100k", "surrogate"])
 def test_shim_request_is_a_wire_message(tmp_path, xml):
     """The shim's own encoder (stdlib C cores only) produces what hookd/wire.py decodes."""
     shim = load_shim(tmp_path)
-    data = shim.encode_request("prepare", "begin", "instance-1", "-", xml)
+    data = shim.encode_request("prepare", "begin", "instance-1", "-", xml, 1700000000.25)
     msg = wire.decode(data)
-    assert msg == {"v": 1, "op": "prepare", "sub": "begin", "domain": "instance-1", "extra": "-", "xml": xml}
+    assert msg == {"v": 1, "op": "prepare", "sub": "begin", "domain": "instance-1", "extra": "-",
+                   "deadline": 1700000000.25, "xml": xml}
 
 
 @pytest.mark.parametrize("reply", [{"v": 1, "action": "allow"},
