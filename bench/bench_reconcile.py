@@ -66,7 +66,7 @@ def _sweep(conn, *, fix: bool, rate: float = 0.0):
 
 def _via_hookd(base: pathlib.Path, host: LibvirtHost) -> dict:
     d = HookdProcess(base, name="hookd", config_extra="[reconcile]\nenabled = false\n")
-    d.config.write_text(d.config.read_text().replace("[hookd]\n", f"[hookd]\nlibvirt_uri = {host.uri}\n", 1))
+    d.follow(host)
     d.start()
     try:
         deadline = time.monotonic() + 30
