@@ -189,38 +189,12 @@ class Reconciler:
 
     async def _reconcile(self, dom, fix: bool, why: str) -> Item:
         name, uuid = dom.name(), dom.UUIDString()
-        pending = self.hook_pending(uuid)
-        if pending:
-            return Item(ACTION_SKIPPED, name, uuid, detail=pending, retry=True)
-        got = self._read(dom, name, uuid)
-        if isinstance(got, Item):
-            return got
-        pin = await self._pin(name, uuid)
-        if isinstance(pin, Item):
-            return pin
-        ev, item = plan(got, self._config(), name, pin)
-        if item.action != ACTION_WOULD_FIX:
-            return item
-        busy = self._busy(dom, name, uuid)
-        if busy is not None:
-            return busy
-        if not fix:
+        ev, item = await self._assess(dom, name, uuid)
+        if item.action != ACTION_WOULD_FIX or not fix:
             return item
         await self._rate_limit()
         # Things may have moved while we waited: look again, and define what we see now.
-        pending = self.hook_pending(uuid)
-        if pending:
-            return Item(ACTION_SKIPPED, name, uuid, item.serial_saved, item.serial_policy, pending, retry=True)
-        busy = self._busy(dom, name, uuid)
-        if busy is not None:
-            return busy
-        got = self._read(dom, name, uuid)
-        if isinstance(got, Item):
-            return got
-        pin = await self._pin(name, uuid)
-        if isinstance(pin, Item):
-            return pin
-        ev, item = plan(got, self._config(), name, pin)
+        ev, item = await self._assess(dom, name, uuid, before=item)
         if item.action != ACTION_WOULD_FIX or ev is None or ev.xml is None:
             return item
         d = ev.decision
@@ -241,6 +215,33 @@ class Reconciler:
                  d.serial_current, d.serial_policy, d.rule, why)
         self._row(ev, ACTION_FIXED, detail)
         return Item(ACTION_FIXED, name, uuid, d.serial_current, d.serial_policy, detail)
+
+    async def _assess(self, dom, name: str, uuid: str, before: Optional[Item] = None):
+        """(Evaluation or None, Item): what a fix of this domain would do right now.
+
+        The Item is ACTION_WOULD_FIX only when nothing stands in the way: no hook of
+        this domain in flight, a saved definition that reads, a pin answer, and no job.
+        """
+        pending = self.hook_pending(uuid)
+        if pending:
+            saved, wanted = (before.serial_saved, before.serial_policy) if before else (None, None)
+            return None, Item(ACTION_SKIPPED, name, uuid, saved, wanted, pending, retry=True)
+        if before is not None:
+            busy = self._busy(dom, name, uuid)
+            if busy is not None:
+                return None, busy
+        got = self._read(dom, name, uuid)
+        if isinstance(got, Item):
+            return None, got
+        pin = await self._pin(name, uuid)
+        if isinstance(pin, Item):
+            return None, pin
+        ev, item = plan(got, self._config(), name, pin)
+        if before is None and item.action == ACTION_WOULD_FIX:
+            busy = self._busy(dom, name, uuid)
+            if busy is not None:
+                return None, busy
+        return ev, item
 
     async def _pin(self, name: str, uuid: str):
         """The instance's pin (or None), or the Item that says why it could not be had.

@@ -103,3 +103,25 @@ def etcd(tmp_path):
     e = EtcdProcess(tmp_path / "etcd").start()
     yield e
     e.stop()
+
+
+@pytest.fixture
+def hookd_stack(libvirt_hosts, hookd_factory):
+    """Factory make(name="a", config_extra="", hook_timeout=5, on_unreachable="allow", host_uuid=None)
+    -> (host, hookd): a namespaced libvirtd whose qemu.d holds hookd's shim (written before
+    libvirtd starts: libvirt only sees hook files present at its start), and a started hookd
+    whose proxy fronts that libvirtd and whose events and reconciler follow it."""
+
+    def make(name: str = "a", *, config_extra: str = "", hook_timeout: float = 5.0,
+             on_unreachable: str = "allow", host_uuid=None):
+        made = {}
+
+        def setup_hooks(hooks_dir):
+            made["d"] = hookd_factory(f"hookd-{name}", proxy=True, config_extra=config_extra)
+            made["d"].install_hook(hooks_dir, timeout=hook_timeout, on_unreachable=on_unreachable)
+        host = libvirt_hosts(name, host_uuid=host_uuid, setup_hooks=setup_hooks)
+        d = made["d"]
+        d.follow(host)
+        d.start()
+        return host, d
+    return make

@@ -16,22 +16,12 @@ import uuid as uuidlib
 
 import pytest
 
+from tests.waiting import wait_for
 from tests.harness.guest import nova_domain_xml
 
 pytestmark = pytest.mark.libvirt
 
 HOST_SERIAL = "4c4c4544-0054-3510-8052-b7c04f564732"
-
-
-def wait_for(cond, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def status(d) -> dict:

@@ -28,23 +28,9 @@ def proxy_uri(d) -> str:
 
 
 @pytest.fixture
-def stack(libvirt_hosts, hookd_factory):
-    """A libvirtd with hookd's shim (deny) and a hookd whose proxy fronts that libvirtd.
-
-    libvirt only sees hook files present at its start, so the shim is written first
-    (from the hooks dir the host hands over); hookd itself starts after libvirtd.
-    """
-    made = {}
-
-    def setup_hooks(hooks_dir):
-        sock = hooks_dir.parent.parent.parent / "run" / "libvirt" / "libvirt-sock"
-        made["d"] = hookd_factory(proxy=True, config_extra="[enforce]\non_mismatch = deny\n", libvirt_socket=sock)
-        made["d"].install_hook(hooks_dir)
-    host = libvirt_hosts("a", setup_hooks=setup_hooks)
-    d = made["d"]
-    assert d.config.read_text().count(f"libvirt_socket = {host.socket_path}") == 1
-    d.start()
-    return host, d
+def stack(hookd_stack):
+    """A libvirtd with hookd's shim (deny) and a hookd whose proxy fronts that libvirtd."""
+    return hookd_stack(config_extra="[enforce]\non_mismatch = deny\n")
 
 
 def test_nova_spawn_through_proxy_boots_with_policy_serial(stack, tmp_path, guest_image):
@@ -66,8 +52,14 @@ def test_nova_spawn_through_proxy_boots_with_policy_serial(stack, tmp_path, gues
         assert st["proxy"]["clients_connected"] == 1 and st["proxy"]["definitions_rewritten"] == 1
     finally:
         nova.close()
-    ops = [(r["operation"], r["action"], r["serial_seen"], r["serial_wanted"]) for r in d.audit(instance=uid)]
+    rows = d.audit(instance=uid)
+    ops = [(r["operation"], r["action"], r["serial_seen"], r["serial_wanted"]) for r in rows
+           if r["operation"] in ("define", "prepare")]
     assert ops == [("define", "rewritten", HOST_A_SERIAL, uid), ("prepare", "allow", uid, uid)]
+    # libvirt's own STARTED event (hookd's worker) confirms what the guest booted with
+    from tests.waiting import wait_for
+    started = wait_for(lambda: [r for r in d.audit(instance=uid, operation="started")], 15, "the started row")
+    assert (started[0]["action"], started[0]["serial_seen"]) == ("booted", uid)
 
 
 def test_hard_reboot_and_soft_reboot_keep_policy_serial(stack, tmp_path):

@@ -23,6 +23,7 @@ from tests.waiting import wait_for  # noqa: F401  (the suite's one bounded wait)
 from tests.integration.conftest import (  # noqa: F401  (re-exported fixtures)
     guest_image,
     hookd_factory,
+    hookd_stack,
     libvirt_env,
     libvirt_hosts,
 )

@@ -33,19 +33,10 @@ def events_worker_available(d) -> bool:
     return True
 
 
-def test_boot_storm_30_guests_through_proxy(libvirt_hosts, hookd_factory, record):
+def test_boot_storm_30_guests_through_proxy(hookd_stack, record):
     """30 parallel starts through the proxy all succeed with the policy serial, exactly one define+prepare audit row each (+ one started row if the events worker exists and is connected), each start < hook timeout + 1 s."""
-    made = {}
-
-    def setup_hooks(hooks_dir):
-        sock = hooks_dir.parent.parent.parent / "run" / "libvirt" / "libvirt-sock"
-        made["d"] = hookd_factory(proxy=True, libvirt_socket=sock,
-                                  config_extra=f"libvirt_uri = qemu+unix:///system?socket={sock}\n"
-                                               "[enforce]\non_mismatch = deny\n")
-        made["d"].install_hook(hooks_dir, timeout=HOOK_TIMEOUT, on_unreachable="deny")
-
-    host = libvirt_hosts("a", setup_hooks=setup_hooks)
-    d = made["d"].start()
+    host, d = hookd_stack(config_extra="[enforce]\non_mismatch = deny\n", hook_timeout=HOOK_TIMEOUT,
+                          on_unreachable="deny")
     events = events_worker_available(d)
     try:
         storm = boot_storm(f"qemu+unix:///system?socket={d.proxy_socket}", GUESTS)

@@ -30,18 +30,9 @@ TIMEOUT = 3.0
 
 
 @pytest.fixture
-def stack(libvirt_hosts, hookd_factory, request):
+def stack(hookd_stack, request):
     policy = request.param
-    made = {}
-
-    def setup_hooks(hooks_dir):
-        sock = hooks_dir.parent.parent.parent / "run" / "libvirt" / "libvirt-sock"
-        made["d"] = hookd_factory(proxy=True, libvirt_socket=sock,
-                                  config_extra=f"libvirt_uri = qemu+unix:///system?socket={sock}\n")
-        made["d"].install_hook(hooks_dir, timeout=TIMEOUT, on_unreachable=policy)
-
-    host = libvirt_hosts("a", setup_hooks=setup_hooks)
-    d = made["d"].start()
+    host, d = hookd_stack(hook_timeout=TIMEOUT, on_unreachable=policy)
     conn = host.connect()
     yield host, d, conn, policy
     conn.close()

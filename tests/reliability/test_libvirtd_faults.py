@@ -38,19 +38,9 @@ def counts(d, uid):
     return out
 
 
-def test_libvirtd_killed_and_restarted_under_proxy(libvirt_hosts, hookd_factory, record):
+def test_libvirtd_killed_and_restarted_under_proxy(hookd_stack, record):
     """libvirtd SIGKILLed: proxy clients are cut fast and reconnect after its restart; starts after it get exactly one define/prepare (+started with the events worker) row each, running guests get none."""
-    made = {}
-
-    def setup_hooks(hooks_dir):
-        sock = hooks_dir.parent.parent.parent / "run" / "libvirt" / "libvirt-sock"
-        made["d"] = hookd_factory(proxy=True, libvirt_socket=sock,
-                                  config_extra=f"libvirt_uri = qemu+unix:///system?socket={sock}\n"
-                                               "[enforce]\non_mismatch = deny\n")
-        made["d"].install_hook(hooks_dir, timeout=5, on_unreachable="deny")
-
-    host = libvirt_hosts("a", setup_hooks=setup_hooks)
-    d = made["d"].start()
+    host, d = hookd_stack(config_extra="[enforce]\non_mismatch = deny\n", on_unreachable="deny")
     uri = f"qemu+unix:///system?socket={d.proxy_socket}"
     events = (REPO / "hookd" / "libvirtworker.py").exists() and "events" in status_json(d)
     if events:
