@@ -6,8 +6,10 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: test deps bench demo
 
+# Everything every suite needs (the packaging tools included: the unit suite checks the
+# units with systemd-analyze and renders the man pages). Idempotent and quick when present.
 deps:
-	sh scripts/install-deps
+	sh packaging/install-build-deps
 
 test: deps
 	$(PY) scripts/run-tests
