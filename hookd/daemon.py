@@ -96,15 +96,15 @@ def _inherited_fds() -> dict:
         from systemd import daemon as sd
     except ImportError:
         return {}
-    names = {}
-    if hasattr(sd, "listen_fds_with_names"):
-        names = sd.listen_fds_with_names(unset_environment=True) or {}
-        fds = {}
-        for fd, name in names.items():
-            fds[name if name in (FD_NAME_HOOK, FD_NAME_PROXY) else (FD_NAME_HOOK if not fds else FD_NAME_PROXY)] = fd
-        return fds
-    fds = sd.listen_fds(unset_environment=True)
-    return dict(zip((FD_NAME_HOOK, FD_NAME_PROXY), fds))
+    roles = (FD_NAME_HOOK, FD_NAME_PROXY)
+    if not hasattr(sd, "listen_fds_with_names"):
+        return dict(zip(roles, sd.listen_fds(unset_environment=True)))
+    named = sd.listen_fds_with_names(unset_environment=True) or {}
+    fds = {name: fd for fd, name in named.items() if name in roles}
+    # Sockets without a FileDescriptorName= we know take the free roles in fd order.
+    unnamed = sorted(fd for fd, name in named.items() if name not in roles)
+    fds.update(zip([r for r in roles if r not in fds], unnamed))
+    return fds
 
 
 class Daemon:
