@@ -26,6 +26,15 @@ class Evaluation:
     def changed(self) -> bool:
         return self.xml is not None
 
+    def audit_fields(self) -> dict:
+        """The audit columns this decision fills (hookd.audit.COLUMNS); the caller adds
+        operation, action and detail."""
+        d, nova = self.decision, self.facts.nova
+        return {"domain": d.domain, "instance_uuid": d.instance_uuid,
+                "nova_name": nova.name if nova else None, "project": nova.project_uuid if nova else None,
+                "flavor": nova.flavor_name if nova else None, "serial_seen": d.serial_current,
+                "serial_wanted": d.serial_policy, "verdict": d.verdict, "rule": d.rule}
+
 
 def evaluate(data: bytes, policy: PolicyConfig, *, rewrite: bool = True,
              what: str = "domain XML", pins: Optional[Callable[[str], Optional[str]]] = None) -> Evaluation:

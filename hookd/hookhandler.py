@@ -43,7 +43,7 @@ class HookHandler:
     def __init__(self, get_config: Callable[[], Config], audit: AuditLog, store=None):
         self._config = get_config
         self.audit = audit
-        self.evaluator = PinnedEvaluator(store, log)
+        self.evaluator = PinnedEvaluator(store, log, audit)
         self.counters: Counter = Counter()
         self._incoming: Dict[str, Tuple[str, float]] = {}
         #: Told of every hook call (instance UUID, op) so libvirt work on that domain
@@ -63,8 +63,8 @@ class HookHandler:
             xml = ""
         cfg = self._config()
         try:
-            ev, pinned = self.evaluator.evaluate(xml.encode("utf-8", "surrogatepass"), cfg.policy, rewrite=False,
-                                                 what=f"{op} XML of domain {name!r}", source=f"preserve:{op}")
+            ev = self.evaluator.evaluate(xml.encode("utf-8", "surrogatepass"), cfg.policy, rewrite=False,
+                                         what=f"{op} XML of domain {name!r}", op=op)
         except HookdError as err:
             # Never break a start because hookd cannot read what libvirt sent.
             self.counters["error"] += 1
@@ -73,8 +73,6 @@ class HookHandler:
             return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
         if self.on_hook is not None:
             self.on_hook(ev.decision.instance_uuid, op)
-        if pinned is not None:
-            self._record_pin(op, ev, pinned)
         deadline = msg.get("deadline")
         if isinstance(deadline, (int, float)) and deadline and time.time() > deadline:
             # The shim gave up waiting and on_unreachable decided; recording this as a
@@ -90,21 +88,8 @@ class HookHandler:
         return self._prepare(name, ev, cfg, msg.get("extra"))
 
     def _record(self, op: str, ev: Evaluation, action: str, detail: str) -> None:
-        d, nova = ev.decision, ev.facts.nova
-        self.counters[d.verdict] += 1
-        self.audit.record(
-            operation=op, domain=d.domain, instance_uuid=d.instance_uuid,
-            nova_name=nova.name if nova else None, project=nova.project_uuid if nova else None,
-            flavor=nova.flavor_name if nova else None, serial_seen=d.serial_current,
-            serial_wanted=d.serial_policy, verdict=d.verdict, rule=d.rule, action=action, detail=detail)
-
-    def _record_pin(self, op: str, ev: Evaluation, serial: str) -> None:
-        d = ev.decision
-        log.info("instance %s (%s): pinned serial %r on first sight (%s, %s)", d.instance_uuid, d.domain,
-                 serial, op, d.rule)
-        self.audit.record(operation="pin", domain=d.domain, instance_uuid=d.instance_uuid,
-                          serial_seen=d.serial_current, serial_wanted=serial, verdict=d.verdict, rule=d.rule,
-                          action="pinned", detail=f"mode preserve, first seen at {op}")
+        self.counters[ev.decision.verdict] += 1
+        self.audit.record(operation=op, action=action, detail=detail, **ev.audit_fields())
 
     def _incoming_call(self, op: str, name: str, ev: Evaluation) -> dict:
         d = ev.decision

@@ -30,25 +30,16 @@ class DefinitionRewriter:
     def __init__(self, get_config: Callable[[], Config], audit: AuditLog, store=None):
         self._config = get_config
         self.audit = audit
-        self.evaluator = PinnedEvaluator(store, log)
+        self.evaluator = PinnedEvaluator(store, log, audit)
         self.counters: Counter = Counter()
 
     def rewrite(self, op: str, xml: str) -> Optional[str]:
-        ev, pinned = self.evaluator.evaluate(xml.encode("utf-8"), self._config().policy, rewrite=True,
-                                             what=f"{op} XML", source=f"preserve:{op}")
-        d, nova = ev.decision, ev.facts.nova
-        if pinned is not None:
-            self.audit.record(operation="pin", domain=d.domain, instance_uuid=d.instance_uuid,
-                              serial_seen=d.serial_current, serial_wanted=pinned, verdict=d.verdict, rule=d.rule,
-                              action="pinned", detail=f"mode preserve, first seen at {op}")
+        ev = self.evaluator.evaluate(xml.encode("utf-8"), self._config().policy, rewrite=True,
+                                     what=f"{op} XML", op=op)
+        d = ev.decision
         self.counters[d.verdict] += 1
-        action = "rewritten" if ev.xml is not None else "unchanged"
-        self.audit.record(
-            operation=AUDIT_OPERATION.get(op, op), domain=d.domain, instance_uuid=d.instance_uuid,
-            nova_name=nova.name if nova else None, project=nova.project_uuid if nova else None,
-            flavor=nova.flavor_name if nova else None, serial_seen=d.serial_current,
-            serial_wanted=d.serial_policy, verdict=d.verdict, rule=d.rule, action=action,
-            detail=f"{op}: {d.reason}")
+        self.audit.record(operation=AUDIT_OPERATION.get(op, op), action="rewritten" if ev.xml is not None
+                          else "unchanged", detail=f"{op}: {d.reason}", **ev.audit_fields())
         if ev.xml is None:
             return None
         log.info("%s instance %s (%s): serial %r -> %r (%s)", op, d.instance_uuid, d.domain,

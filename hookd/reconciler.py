@@ -306,12 +306,7 @@ class Reconciler:
         self._next_define = max(now, self._next_define) + self._interval
 
     def _row(self, ev: Evaluation, action: str, detail: str) -> None:
-        d, nova = ev.decision, ev.facts.nova
-        self._record(time=now_iso(), operation="reconcile", domain=d.domain, instance_uuid=d.instance_uuid,
-                     nova_name=nova.name if nova else None, project=nova.project_uuid if nova else None,
-                     flavor=nova.flavor_name if nova else None, serial_seen=d.serial_current,
-                     serial_wanted=d.serial_policy, verdict=d.verdict, rule=d.rule, action=action,
-                     detail=detail)
+        self._record(time=now_iso(), operation="reconcile", action=action, detail=detail, **ev.audit_fields())
 
     # ---------------------------------------------------------------- sweep
     async def sweep(self, conn, *, fix: bool, why: str) -> List[Item]:

@@ -156,14 +156,16 @@ def open_store(config, host: str = ""):
 class PinnedEvaluator:
     """Evaluates domain XML with the pins of a store, making preserve-mode pins.
 
-    Shared by the hook handler, the proxy's rewriter and the reconciler. A store
+    Shared by the hook handler and the proxy's rewriter; a pin it makes is logged and
+    recorded in `audit` (when given) before the caller records its decision. A store
     that cannot be read must not turn into a refused start: the decision is then
     made without pins, and the failure logged once until the store works again.
     """
 
-    def __init__(self, store, log):
+    def __init__(self, store, log, audit=None):
         self.store = store
         self.log = log
+        self.audit = audit
         self._failing = False
 
     def lookup(self, instance_uuid: str) -> Optional[str]:
@@ -181,21 +183,27 @@ class PinnedEvaluator:
             self._failing = False
         return pin
 
-    def evaluate(self, data: bytes, policy, *, rewrite: bool, what: str, source: str):
-        """(Evaluation, pinned) where pinned is the serial this call pinned, if any."""
+    def evaluate(self, data: bytes, policy, *, rewrite: bool, what: str, op: str):
+        """The Evaluation, after pinning the serial preserve mode asked for (op: the
+        hook or proxy call that saw the instance first)."""
         from hookd.engine import evaluate
         ev = evaluate(data, policy, rewrite=rewrite, what=what, pins=self.lookup)
-        new_pin = ev.decision.new_pin
-        if new_pin is None or self.store is None:
-            return ev, None
+        d = ev.decision
+        if d.new_pin is None or self.store is None:
+            return ev
         try:
-            winner = self.store.pin_if_absent(ev.decision.instance_uuid, new_pin, source=source)
+            winner = self.store.pin_if_absent(d.instance_uuid, d.new_pin, source=f"preserve:{op}")
         except StoreError as err:
-            self.log.error("instance %s: cannot pin %r (%s); deciding as if pinned", ev.decision.instance_uuid,
-                           new_pin, err)
-            return ev, None
-        if winner != new_pin:
+            self.log.error("instance %s: cannot pin %r (%s); deciding as if pinned", d.instance_uuid,
+                           d.new_pin, err)
+            return ev
+        if winner != d.new_pin:
             # Another writer pinned first (another host, hookctl adopt): its pin decides.
-            ev = evaluate(data, policy, rewrite=rewrite, what=what, pins=lambda _uuid: winner)
-            return ev, None
-        return ev, new_pin
+            return evaluate(data, policy, rewrite=rewrite, what=what, pins=lambda _uuid: winner)
+        self.log.info("instance %s (%s): pinned serial %r on first sight (%s, %s)", d.instance_uuid, d.domain,
+                      winner, op, d.rule)
+        if self.audit is not None:
+            self.audit.record(operation="pin", domain=d.domain, instance_uuid=d.instance_uuid,
+                              serial_seen=d.serial_current, serial_wanted=winner, verdict=d.verdict, rule=d.rule,
+                              action="pinned", detail=f"mode preserve, first seen at {op}")
+        return ev

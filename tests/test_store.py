@@ -77,14 +77,19 @@ def test_store_validates(tmp_path, uuid, serial, fragment):
 
 
 def test_pinned_evaluator_pins_once_and_loser_rereads(tmp_path):
+    from hookd.audit import AuditLog, query
     store = SqlitePinStore(str(tmp_path))
-    ev = PinnedEvaluator(store, logging.getLogger("t"))
+    ev = PinnedEvaluator(store, logging.getLogger("t"), AuditLog(str(tmp_path / "a")))
     p = policy("[policy]\nmode = preserve\n")
-    result, pinned = ev.evaluate(domain(), p, rewrite=True, what="x", source="preserve:define")
-    assert pinned == HOST_SERIAL and store.get(UUID) == HOST_SERIAL and result.xml is None
+    result = ev.evaluate(domain(), p, rewrite=True, what="x", op="define")
+    assert store.get(UUID) == HOST_SERIAL and result.xml is None
     # Later the regenerated XML carries another host's serial: the pin decides.
-    result, pinned = ev.evaluate(domain(serial="OTHER-HOST"), p, rewrite=True, what="x", source="preserve:define")
-    assert pinned is None and result.decision.rule == "pin"
+    result = ev.evaluate(domain(serial="OTHER-HOST"), p, rewrite=True, what="x", op="define")
+    assert result.decision.rule == "pin"
+    # one pin row, for the first sight only
+    rows = query(str(tmp_path / "a"))
+    assert [(r["operation"], r["action"], r["serial_wanted"], r["detail"]) for r in rows] == \
+        [("pin", "pinned", HOST_SERIAL, "mode preserve, first seen at define")]
     assert f"<entry name=\"serial\">{HOST_SERIAL}</entry>".encode() in result.xml
 
     # A competing writer got there between our lookup and our pin: we take its pin.
@@ -97,9 +102,10 @@ def test_pinned_evaluator_pins_once_and_loser_rereads(tmp_path):
                 SqlitePinStore(str(tmp_path / "x")).pin_if_absent(u, "WINNER")   # ... the winner writes
                 return None
             return super().get(u)
-    racing = PinnedEvaluator(Racing(str(tmp_path / "x")), logging.getLogger("t"))
-    result, pinned = racing.evaluate(domain(), p, rewrite=True, what="x", source="s")
-    assert pinned is None and result.decision.serial_policy == "WINNER" and result.decision.rule == "pin"
+    racing = PinnedEvaluator(Racing(str(tmp_path / "x")), logging.getLogger("t"), AuditLog(str(tmp_path / "b")))
+    result = racing.evaluate(domain(), p, rewrite=True, what="x", op="define")
+    assert result.decision.serial_policy == "WINNER" and result.decision.rule == "pin"
+    assert query(str(tmp_path / "b")) == []          # the loser made no pin, so records none
 
 
 def test_unreadable_store_decides_without_pins_and_logs_once(tmp_path, caplog):
@@ -109,7 +115,7 @@ def test_unreadable_store_decides_without_pins_and_logs_once(tmp_path, caplog):
     ev = PinnedEvaluator(Broken(), logging.getLogger("t"))
     with caplog.at_level(logging.ERROR):
         for _ in range(3):
-            r, _ = ev.evaluate(domain(), policy(), rewrite=False, what="x", source="s")
+            r = ev.evaluate(domain(), policy(), rewrite=False, what="x", op="prepare")
             assert r.decision.serial_policy == UUID
     assert sum("pin store unreadable" in m for m in caplog.messages) == 1
 
