@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from hookd.config import RawSection, Setting, build_config, parse_ini
+from hookd.config import build_config, parse_ini
 from hookd.engine import evaluate
 from hookd.errors import ConfigError
 from hookd.policy import PLACEHOLDERS, PolicyConfig, SerialTemplate, serial_problem
-from tests.domains import HOST_SERIAL, IMAGE, PROJECT, USER, UUID, domain, nova_block
+from tests.domains import HOST_SERIAL, IMAGE, PROJECT, USER, UUID, domain
 
 
 def policy(text: str = "") -> PolicyConfig:

@@ -282,7 +282,7 @@ def test_started_event_before_the_hook_note_arrives_still_releases_it():
     """The daemon's note may be read after the STARTED event it preceded: times decide."""
     r, _, clock = reconciler()
     conn = FakeConn()
-    dom = conn.add(FakeDomain(domain()))
+    conn.add(FakeDomain(domain()))
     hook_time = clock.now
     clock.now += 0.5
     r.note_settled(UUID)                          # event seen first...

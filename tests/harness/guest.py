@@ -29,7 +29,6 @@ import subprocess
 import tarfile
 import tempfile
 import time
-import uuid as uuidlib
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 

@@ -8,14 +8,12 @@ guest running, and stop() leaves no process behind.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import signal
 import uuid
 
 import pytest
 
-from tests.waiting import wait_for
 from tests.harness.guest import nova_domain_xml, read_guest_serial
 from tests.harness.libvirt_host import LibvirtHost, LibvirtHostError, pid_alive
 

@@ -40,10 +40,10 @@ def test_adopted_serial_survives_cold_migration(hookd_stack, etcd, tmp_path, gue
     a.virsh("define", str(tmp_path / "a.xml"))
 
     res = run_hookctl("adopt", "--dry-run", "--config", daemons["a"].config, "--libvirt-uri", a.uri)
-    assert res.returncode == 0 and f"would pin instance-legacy" in res.stdout.decode(), res.stderr
+    assert res.returncode == 0 and "would pin instance-legacy" in res.stdout.decode(), res.stderr
     assert run_hookctl("pins", "--json", "--config", daemons["a"].config).stdout.strip() == b"{}"
     res = run_hookctl("adopt", "--config", daemons["a"].config, "--libvirt-uri", a.uri)
-    assert res.returncode == 0 and f"pinned    instance-legacy" in res.stdout.decode(), res.stdout
+    assert res.returncode == 0 and "pinned    instance-legacy" in res.stdout.decode(), res.stdout
 
     # deny mode on A: the legacy serial is now the policy serial, so it starts
     a.virsh("start", "instance-legacy")

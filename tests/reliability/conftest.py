@@ -14,7 +14,6 @@ import signal
 import subprocess
 import textwrap
 import threading
-import time
 from typing import Callable, List, Optional
 
 import pytest

@@ -12,7 +12,6 @@ import grp
 import os
 import shutil
 import stat
-import sys
 import tempfile
 import pathlib
 

@@ -114,7 +114,6 @@ def test_hookd_hung_killed_restarted_stopped(stack, record):
     """hung (SIGSTOP), SIGKILL mid-request, restart during starts, stop: every start decided by on_unreachable within timeout+1 s; hookd serves again after restart; proxy clients are cut and reconnect."""
     host, d, conn, policy = stack
     st = Starter(host, conn)
-    fault = f"hookd faults, on_unreachable={policy}"
     expect_unserved = "starts unchecked" if policy == "allow" else "refused: hookd is unreachable"
 
     (g0,) = st.define()

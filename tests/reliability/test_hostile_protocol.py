@@ -18,7 +18,6 @@ import struct
 import threading
 import time
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 

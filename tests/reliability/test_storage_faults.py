@@ -15,7 +15,6 @@ import sqlite3
 import threading
 import uuid as uuidlib
 
-import pytest
 
 from tests.domains import domain
 from tests.reliability.conftest import ask, prepare_msg, status_json, wait_for
