@@ -117,13 +117,15 @@ def render_shim(template: str, *, socket_path: str, timeout: float, on_unreachab
         raise CliError(f"--socket must be an absolute path, got {socket_path!r}")
     if not 0.1 <= timeout <= 300:
         raise CliError(f"--timeout must be between 0.1 and 300 seconds, got {timeout:g}")
-    out = (template.replace("@PYTHON@", shlex.quote(python))
-           .replace("@SOCKET@", repr(socket_path))
-           .replace("@TIMEOUT@", repr(float(timeout)))
-           .replace("@ON_UNREACHABLE@", repr(on_unreachable)))
-    if "@" + "SOCKET@" in out or "@PYTHON@" in out:
-        raise CliError("shim template has unreplaced placeholders")
-    return out
+    import re
+    values = {"@PYTHON@": shlex.quote(python), "@SOCKET@": repr(socket_path),
+              "@TIMEOUT@": repr(float(timeout)), "@ON_UNREACHABLE@": repr(on_unreachable)}
+    unknown = sorted(set(re.findall(r"@[A-Z_]+@", template)) - set(values))
+    if unknown:
+        raise CliError(f"shim template has placeholders hookctl does not know: {', '.join(unknown)}")
+    for placeholder, value in values.items():
+        template = template.replace(placeholder, value)
+    return template
 
 
 def cmd_install_hook(args) -> int:

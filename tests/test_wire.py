@@ -138,3 +138,12 @@ def test_shim_limits_match_wire(tmp_path):
     shim = load_shim(tmp_path)
     from hookd.xmlsafe import MAX_XML_BYTES
     assert (shim.MAX_MESSAGE, shim.MAX_XML) == (wire.MAX_MESSAGE, MAX_XML_BYTES)
+
+
+def test_render_shim_refuses_unknown_placeholders():
+    from hookd.cli import CliError, render_shim
+    with pytest.raises(CliError, match="@NEW_KNOB@"):
+        render_shim("x = @SOCKET@\ny = @NEW_KNOB@\n", socket_path="/x", timeout=1.0, on_unreachable="allow")
+    out = render_shim("#!/bin/sh\nexec @PYTHON@ a\nS = @SOCKET@\nT = @TIMEOUT@\nO = @ON_UNREACHABLE@\n",
+                      socket_path="/run/a b/@odd@.sock", timeout=2, on_unreachable="deny")
+    assert out == "#!/bin/sh\nexec /usr/bin/python3 a\nS = '/run/a b/@odd@.sock'\nT = 2.0\nO = 'deny'\n"
