@@ -8,10 +8,14 @@ production path: define rewritten by the proxy, prepare verified by the shim).
 Each run is define + start of a diskless TCG guest (timed), then destroy +
 undefine (not timed); configurations are interleaved so drift hits all alike. Also: the
 shim's fast path (an operation hookd ignores) and `prepare` latency with 1, 50 and
-200 concurrent callers straight into the shim.
+200 concurrent callers straight into the shim, beside /bin/cat fed the same XML (the
+exec + read-stdin floor) and hookd's own service time (the request without an exec).
 
-Targets: hookd start <= 1.08x no hook (hook only, and proxy + hook); fast path <= 3 ms;
-prepare p99 <= 100 ms at 200.
+The shim is the release build (`hookctl install-hook` compiles hooks/hookd-shim.c
+with the flags the packages use), not the tests' sanitizer build.
+
+Targets: hookd start <= 1.04x no hook (hook only, and proxy + hook); fast path <= 3 ms;
+prepare median <= 3 ms at 1 caller and p99 <= 100 ms at 200.
 """
 
 from __future__ import annotations
@@ -50,8 +54,17 @@ def _start_once(conn, xml):
     return elapsed
 
 
+def release_shim(base: pathlib.Path) -> pathlib.Path:
+    from hookd.cli import build_shim
+    out = base / "hookd-shim"
+    if not out.exists():
+        build_shim(str(out))
+    return out
+
+
 def measure_starts(base: pathlib.Path, runs: int = RUNS) -> dict:
     import libvirt
+    shim = release_shim(base)
     d = HookdProcess(base, name="hookd")
     d.start()
     hosts = {}
@@ -61,11 +74,11 @@ def measure_starts(base: pathlib.Path, runs: int = RUNS) -> dict:
         hosts["/bin/true hook"] = LibvirtHost(base / "h", "true")
         os.symlink("/bin/true", hosts["/bin/true hook"].hooks_dir / "50-true")
         hosts["hookd"] = LibvirtHost(base / "h", "hookd")
-        d.install_hook(hosts["hookd"].hooks_dir)
+        d.install_hook(hosts["hookd"].hooks_dir, binary=shim)
         hosts["hookd proxy+hook"] = LibvirtHost(base / "h", "proxy")
         dp = HookdProcess(base, name="hookd-proxy", proxy=True,
                           libvirt_socket=hosts["hookd proxy+hook"].socket_path)
-        dp.install_hook(hosts["hookd proxy+hook"].hooks_dir)
+        dp.install_hook(hosts["hookd proxy+hook"].hooks_dir, binary=shim)
         conns = {}
         for name, h in hosts.items():
             h.start()
@@ -98,7 +111,7 @@ def measure_starts(base: pathlib.Path, runs: int = RUNS) -> dict:
         "ratio_true_hook_vs_none": round(med["/bin/true hook"] / med["no hook"], 3),
         "ratio_hookd_vs_none": round(med["hookd"] / med["no hook"], 3),
         "ratio_hookd_proxy_vs_none": round(med["hookd proxy+hook"] / med["no hook"], 3),
-        "target_ratio_hookd": 1.08,
+        "target_ratio_hookd": 1.04,
     }
 
 
@@ -111,7 +124,7 @@ def measure_shim(base: pathlib.Path) -> dict:
     try:
         hooks = base / "hooks"
         hooks.mkdir()
-        d.install_hook(hooks)
+        d.install_hook(hooks, binary=release_shim(base))
         shim = str(hooks / "50-hookd")
         fast = []
         for _ in range(200):
@@ -128,43 +141,35 @@ def measure_shim(base: pathlib.Path) -> dict:
         out = {"fast_path_median_ms": round(statistics.median(fast) * 1000, 2),
                "bin_true_median_ms": round(statistics.median(floor) * 1000, 2),
                "target_fast_path_ms": 3.0, "prepare": {}}
-        floor_cmd = ["/usr/bin/python3", "-I", "-S", "-c", "import sys; sys.stdin.buffer.read()"]
+        floor_cmd = ["/bin/cat"]          # exec + read the XML from stdin: the floor of any hook
         for n in (1, 50, 200):
             lat = _concurrent_prepares([shim, "instance-x", "prepare", "begin", "-"], xml, n)
             base = _concurrent_prepares(floor_cmd, xml, n)
             service = _daemon_service_latency(d.socket, xml, n)
             out["prepare"][n] = {
                 "p50_ms": round(_pct(lat, 50) * 1000, 1), "p99_ms": round(_pct(lat, 99) * 1000, 1),
-                "bare_interpreter_p50_ms": round(_pct(base, 50) * 1000, 1),
-                "bare_interpreter_p99_ms": round(_pct(base, 99) * 1000, 1),
-                "ratio_p99_vs_bare_interpreter": round(_pct(lat, 99) / _pct(base, 99), 2),
+                "floor_p50_ms": round(_pct(base, 50) * 1000, 1),
+                "floor_p99_ms": round(_pct(base, 99) * 1000, 1),
+                "ratio_p99_vs_floor": round(_pct(lat, 99) / _pct(base, 99), 2),
                 "daemon_service_p50_ms": round(_pct(service, 50) * 1000, 1),
                 "daemon_service_p99_ms": round(_pct(service, 99) * 1000, 1)}
         out["target_prepare_p99_ms_at_200"] = 100.0
+        out["target_prepare_p50_ms_at_1"] = 3.0
         return out
     finally:
         d.stop()
 
 
 def _daemon_service_latency(sock_path, xml: bytes, n: int) -> list:
-    """n threads send the shim's request at once: hookd's own latency, no interpreter start-up."""
-    import socket
-    import struct
+    """n threads send the shim's request at once: hookd's own latency, no exec."""
     import threading
-    from hookd import wire
-    msg = wire.encode({"v": 1, "op": "prepare", "sub": "begin", "domain": "instance-x", "extra": "-",
-                       "xml": xml.decode()})
+    from tests.harness.hookcall import ask_prepare
     lat, barrier = [], threading.Barrier(n)
 
     def one():
         barrier.wait()
         t0 = time.perf_counter()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(30)
-            s.connect(str(sock_path))
-            s.sendall(msg)
-            head = s.recv(4, socket.MSG_WAITALL)
-            s.recv(struct.unpack(">I", head)[0], socket.MSG_WAITALL)
+        ask_prepare(sock_path, "instance-x", xml, timeout=30)
         lat.append(time.perf_counter() - t0)
     threads = [threading.Thread(target=one) for _ in range(n)]
     for t in threads:
@@ -222,9 +227,10 @@ def main() -> int:
           f"/bin/true {s['bin_true_median_ms']:.2f} ms)")
     for n, v in s["prepare"].items():
         print(f"shim prepare, {n:>3} concurrent    p50 {v['p50_ms']:>7.1f} ms   p99 {v['p99_ms']:>7.1f} ms"
-              f"   | bare python3 -I -S: p99 {v['bare_interpreter_p99_ms']:>7.1f} ms (ratio {v['ratio_p99_vs_bare_interpreter']})"
+              f"   | /bin/cat floor: p50 {v['floor_p50_ms']:>6.1f} p99 {v['floor_p99_ms']:>7.1f} ms "
+              f"(p99 ratio {v['ratio_p99_vs_floor']})"
               f"   | hookd service: p50 {v['daemon_service_p50_ms']:.1f} p99 {v['daemon_service_p99_ms']:.1f} ms")
-    print("  (target p99 <= 100 ms at 200; n interpreter start-ups on 2 cores are the floor shown beside)")
+    print("  (targets: p50 <= 3 ms at 1, p99 <= 100 ms at 200; n execs of /bin/cat on 2 cores are the floor beside)")
     return 0
 
 

@@ -3,4 +3,4 @@
 The version lives here and only here; setup.cfg, the CLIs and the packages read it.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

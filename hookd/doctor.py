@@ -17,12 +17,10 @@ module has no policy logic of its own.
 
 from __future__ import annotations
 
-import ast
 import configparser
 import glob
 import json
 import os
-import re
 import select
 import socket
 import stat
@@ -32,6 +30,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
+
+from hookd.errors import HookdError
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d"
@@ -150,25 +150,15 @@ def _find_shim(hooks_dir: str) -> Optional[str]:
         path = os.path.join(hooks_dir, name)
         try:
             with open(path, "rb") as f:
-                if SHIM_MARKER.encode() in f.read(4096):
+                if SHIM_MARKER.encode() in f.read(1 << 20):      # the compiled shim's rodata
                     return path
         except OSError:
             continue
     return None
 
 
-def _shim_setting(text: str, name: str):
-    m = re.search(rf"^{name} = (.+)$", text, re.M)
-    if not m:
-        return None
-    try:
-        return ast.literal_eval(m.group(1).strip())
-    except (ValueError, SyntaxError):
-        return None
-
-
 def check_shim(hooks_dir: str, cfg) -> Tuple[Check, Optional[str]]:
-    from hookd.cli import SHIM_NAME
+    from hookd.cli import SHIM_DEFAULTS, SHIM_NAME, parse_shim_settings
     install = f"hookctl install-hook {hooks_dir}"
     if not os.path.isdir(hooks_dir):
         return Check(FAIL, "shim", f"hooks directory {hooks_dir} does not exist",
@@ -187,21 +177,32 @@ def check_shim(hooks_dir: str, cfg) -> Tuple[Check, Optional[str]]:
         return Check(FAIL, "shim", f"{shim} is not executable: libvirt skips it",
                      f"chmod 755 {shim}"), None
     try:
-        with open(shim, encoding="utf-8", errors="replace") as f:
-            text = f.read(65536)
+        with open(shim, "rb") as f:
+            code = f.read(1 << 20)
     except OSError as err:
         return Check(FAIL, "shim", f"cannot read {shim}: {err.strerror}", install), None
-    if "@SOCKET@" in text:
-        return Check(FAIL, "shim", f"{shim} is the unrendered template", install), None
-    sock = _shim_setting(text, "SOCKET")
-    on_unreachable = _shim_setting(text, "ON_UNREACHABLE")
-    timeout = _shim_setting(text, "TIMEOUT")
+    if not code.startswith(b"\x7fELF") or SHIM_MARKER.encode() not in code:
+        return Check(FAIL, "shim", f"{shim} is not hookd's compiled shim (an older or foreign hook)",
+                     install), None
+    settings_path = shim + ".conf"
+    try:
+        with open(settings_path, encoding="utf-8", errors="surrogateescape") as f:
+            settings = parse_shim_settings(f.read(8192), settings_path)
+        where = ""
+    except FileNotFoundError:
+        settings, where = dict(SHIM_DEFAULTS), f" (no {os.path.basename(settings_path)}: built-in defaults)"
+    except OSError as err:
+        return Check(FAIL, "shim", f"cannot read {settings_path}: {err.strerror}; the hook treats hookd "
+                                   f"as unreachable", install), shim
+    except HookdError as err:
+        return Check(FAIL, "shim", f"{err}; the hook treats hookd as unreachable", install), shim
+    sock, timeout, on_unreachable = settings["socket"], settings["timeout"], settings["on_unreachable"]
     if cfg is not None and isinstance(sock, str) and sock != cfg.daemon.socket:
         return Check(FAIL, "shim", f"{shim} asks {sock} but hookd listens on {cfg.daemon.socket}",
                      f"hookctl install-hook --socket {cfg.daemon.socket} {hooks_dir}"), shim
     name = "" if os.path.basename(shim) == SHIM_NAME else f" (named {os.path.basename(shim)})"
-    return Check(OK, "shim", f"{shim}{name} executable, socket {sock}, timeout {timeout} s, "
-                             f"on_unreachable {on_unreachable}"), shim
+    return Check(OK, "shim", f"{shim}{name} executable, socket {sock}, timeout {timeout:g} s, "
+                             f"on_unreachable {on_unreachable}{where}"), shim
 
 
 def _boot_offset() -> float:

@@ -21,7 +21,7 @@ from hookd.engine import Evaluation
 from hookd.store import PinnedEvaluator
 from hookd.errors import HookdError
 from hookd.policy import VERDICT_REWRITE
-from hookd.wire import PROTOCOL_VERSION
+from hookd.shimwire import ACTION_ALLOW, ACTION_DENY, HookReply, HookRequest
 
 log = logging.getLogger("hookd.hook")
 
@@ -32,8 +32,6 @@ INCOMING_OPS = frozenset({"migrate", "restore"})
 #: can take a while to read.
 INCOMING_WINDOW_S = 600.0
 
-ACTION_ALLOW = "allow"
-ACTION_DENY = "deny"
 ACTION_WARN = "warn"          # allowed, but out of policy
 ACTION_DRIFT = "drift"        # allowed: the serial cannot change on this path
 ACTION_EXPIRED = "expired"    # answered after the hook's timeout: on_unreachable decided
@@ -50,31 +48,27 @@ class HookHandler:
         #: waits until its start or migration is over (the domain is locked meanwhile).
         self.on_hook: Optional[Callable[[str, str], None]] = None
 
-    def handle(self, msg: dict) -> dict:
-        op, sub = msg.get("op"), msg.get("sub")
-        # Anything may arrive on the socket: a non-string op must not reach the set lookup.
-        if msg.get("v") != PROTOCOL_VERSION or not isinstance(op, str) or op not in HOOK_OPS or sub != "begin":
+    def handle(self, req: HookRequest) -> HookReply:
+        op, name = req.op, req.domain
+        if op not in HOOK_OPS or req.sub != "begin":
+            # The shim asks only for these; anything else is somebody else's request.
             self.counters["bad-request"] += 1
-            return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW,
-                    "message": f"hookd: ignored unsupported request {op!r}/{sub!r}"}
-        name = str(msg.get("domain") or "")
-        xml = msg.get("xml")
-        if not isinstance(xml, str):
-            xml = ""
+            log.warning("hook request %r/%r for domain %r is not one hookd answers; allowed", op, req.sub, name)
+            return HookReply(ACTION_ALLOW)
         cfg = self._config()
         try:
-            ev = self.evaluator.evaluate(xml.encode("utf-8", "surrogatepass"), cfg.policy, rewrite=False,
+            ev = self.evaluator.evaluate(req.xml, cfg.policy, rewrite=False,
                                          what=f"{op} XML of domain {name!r}", op=op)
         except HookdError as err:
             # Never break a start because hookd cannot read what libvirt sent.
             self.counters["error"] += 1
             log.error("%s %s: cannot decide: %s; allowing", op, name, err)
             self.audit.record(operation=op, domain=name, verdict="error", action=ACTION_ALLOW, detail=str(err))
-            return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
+            return HookReply(ACTION_ALLOW)
         if self.on_hook is not None:
             self.on_hook(ev.decision.instance_uuid, op)
-        deadline = msg.get("deadline")
-        if isinstance(deadline, (int, float)) and deadline and time.time() > deadline:
+        deadline = req.deadline
+        if deadline is not None and time.time() > deadline:
             # The shim gave up waiting and on_unreachable decided; recording this as a
             # decision would misstate what happened to the guest.
             self.counters["expired"] += 1
@@ -82,16 +76,16 @@ class HookHandler:
                         "on_unreachable decided that start", op, ev.decision.instance_uuid, name,
                         time.time() - deadline)
             self._record(op, ev, ACTION_EXPIRED, "answered after the hook's timeout; on_unreachable decided")
-            return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
+            return HookReply(ACTION_ALLOW)
         if op in INCOMING_OPS:
             return self._incoming_call(op, name, ev)
-        return self._prepare(name, ev, cfg, msg.get("extra"))
+        return self._prepare(name, ev, cfg)
 
     def _record(self, op: str, ev: Evaluation, action: str, detail: str) -> None:
         self.counters[ev.decision.verdict] += 1
         self.audit.record(operation=op, action=action, detail=detail, **ev.audit_fields())
 
-    def _incoming_call(self, op: str, name: str, ev: Evaluation) -> dict:
+    def _incoming_call(self, op: str, name: str, ev: Evaluation) -> HookReply:
         d = ev.decision
         self._prune()
         self._incoming[d.instance_uuid] = (op, time.monotonic())
@@ -102,13 +96,13 @@ class HookHandler:
             log.warning("%s instance %s (%s): serial %r differs from policy %r (%s); %s",
                         op, d.instance_uuid, name, d.serial_current, d.serial_policy, d.rule, detail)
         self._record(op, ev, action, detail)
-        return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
+        return HookReply(ACTION_ALLOW)
 
-    def _prepare(self, name: str, ev: Evaluation, cfg: Config, extra) -> dict:
+    def _prepare(self, name: str, ev: Evaluation, cfg: Config) -> HookReply:
         d = ev.decision
         if d.verdict != VERDICT_REWRITE:
             self._record("prepare", ev, ACTION_ALLOW, d.reason)
-            return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
+            return HookReply(ACTION_ALLOW)
         incoming = self._incoming.pop(d.instance_uuid, None)
         if incoming is not None and time.monotonic() - incoming[1] <= INCOMING_WINDOW_S:
             via = "incoming migration" if incoming[0] == "migrate" else "restore"
@@ -117,7 +111,7 @@ class HookHandler:
             log.warning("prepare instance %s (%s): drift %r -> %r allowed (%s)",
                         d.instance_uuid, name, d.serial_current, d.serial_policy, via)
             self._record("prepare", ev, ACTION_DRIFT, detail)
-            return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
+            return HookReply(ACTION_ALLOW)
         nova_name = ev.facts.nova.name if ev.facts.nova else None
         who = f"instance {d.instance_uuid}" + (f" ({nova_name!r}, domain {name})" if nova_name else f" (domain {name})")
         has = f"serial {d.serial_current!r}" if d.serial_current else "no SMBIOS serial"
@@ -131,11 +125,11 @@ class HookHandler:
             log.warning("prepare %s: denied: has %s, policy (%s) wants %r",
                         who, has, d.rule, d.serial_policy)
             self._record("prepare", ev, ACTION_DENY, message)
-            return {"v": PROTOCOL_VERSION, "action": ACTION_DENY, "message": message}
+            return HookReply(ACTION_DENY, message)
         log.warning("prepare %s: starts with %s, policy (%s) wants %r ([enforce] on_mismatch = warn)",
                     who, has, d.rule, d.serial_policy)
         self._record("prepare", ev, ACTION_WARN, d.reason)
-        return {"v": PROTOCOL_VERSION, "action": ACTION_ALLOW}
+        return HookReply(ACTION_ALLOW)
 
     def _prune(self) -> None:
         now = time.monotonic()

@@ -2,8 +2,9 @@
 
 Owns the listening UNIX socket (created 0600, or inherited from systemd socket
 activation), the SO_PEERCRED check on every connection, bounded reads, and the
-dispatch of decoded messages to a handler. It does not decide anything (see
-hookd.hookhandler) and holds no policy.
+dispatch of decoded messages: a shim request (hookd.shimwire, told apart by its first
+four bytes) to the hook handler, a JSON message (hookd.wire, hookctl's control calls)
+to the daemon. It does not decide anything (see hookd.hookhandler) and holds no policy.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import stat
 import struct
 from typing import Awaitable, Callable, Optional, Set
 
-from hookd.errors import HookdError
-from hookd.wire import MessageError, encode, read_message
+from hookd import shimwire
+from hookd.errors import HookdError, ProtocolError
+from hookd.wire import HEADER, encode, read_message
 
 log = logging.getLogger("hookd.server")
 
@@ -71,10 +73,12 @@ def create_unix_listener(path: str, mode: int, gid: Optional[int] = None,
 
 
 class HookServer:
-    def __init__(self, path: str, dispatch: Callable[[dict], Awaitable[dict]], *,
+    def __init__(self, path: str, dispatch: Callable[[dict], Awaitable[dict]],
+                 hook: Callable[[shimwire.HookRequest], shimwire.HookReply], *,
                  listen_fd: Optional[int] = None):
         self.path = path
         self._dispatch = dispatch
+        self._hook = hook
         self._listen_fd = listen_fd
         self._server: Optional[asyncio.AbstractServer] = None
         self._tasks: Set[asyncio.Task] = set()
@@ -103,19 +107,22 @@ class HookServer:
                 return
             while True:
                 try:
-                    msg = await asyncio.wait_for(read_message(reader), READ_TIMEOUT_S)
+                    request = await asyncio.wait_for(self._read(reader), READ_TIMEOUT_S)
                 except EOFError:
                     return
                 except asyncio.TimeoutError:
                     log.warning("hook socket: pid %d sent no complete request in %.0f s; dropped",
                                 pid, READ_TIMEOUT_S)
                     return
-                except MessageError as err:
+                except ProtocolError as err:
                     log.warning("hook socket: pid %d sent a bad message (%s); dropped", pid, err)
-                    log.debug("raw bytes: %r", err.raw[:200])
+                    log.debug("raw bytes: %r", getattr(err, "raw", b"")[:200])
                     return
                 try:
-                    reply = encode(await self._dispatch(msg))
+                    if isinstance(request, shimwire.HookRequest):
+                        reply = shimwire.encode_reply(self._hook(request))
+                    else:
+                        reply = encode(await self._dispatch(request))
                 except Exception as err:
                     # A handler's bug costs this request (the shim then applies its
                     # on_unreachable), never the daemon or an unlogged task exception.
@@ -131,6 +138,19 @@ class HookServer:
         finally:
             self._tasks.discard(task)
             writer.close()
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader):
+        """One shim request (a HookRequest) or one JSON message (a dict)."""
+        try:
+            head = await reader.readexactly(HEADER.size)
+        except asyncio.IncompleteReadError as err:
+            if not err.partial:
+                raise EOFError("connection closed") from err
+            raise shimwire.ShimWireError("truncated message", err.partial) from err
+        if head == shimwire.PREFIX:
+            return await shimwire.read_request(reader, head)
+        return await read_message(reader, head=head)
 
     def stop_accepting(self) -> None:
         if self._server is not None:

@@ -2,9 +2,8 @@
 
 Owns encode/decode of a single message, the size limit, and the decode error that
 keeps the raw bytes it could not read. No business logic: what a message means is
-hookd.hookserver's concern. The qemu hook shim (hooks/qemu) runs with `python3 -I -S`
-and cannot import hookd, so it carries its own copy of these few lines;
-tests/test_wire.py checks that the two agree.
+hookd.daemon's concern. These are hookctl's control calls (status, reconcile); the
+qemu hook shim speaks hookd.shimwire on the same socket.
 
     message = length:uint32 big-endian | body: UTF-8 JSON object of `length` bytes
 """
@@ -62,14 +61,18 @@ def decode(data: bytes) -> dict:
     return decode_body(data[HEADER.size:])
 
 
-async def read_message(reader: asyncio.StreamReader, limit: int = MAX_MESSAGE) -> dict:
-    """Read one message from a stream; EOF before a header raises EOFError."""
-    try:
-        head = await reader.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as err:
-        if not err.partial:
-            raise EOFError("connection closed") from err
-        raise MessageError("truncated header", err.partial) from err
+async def read_message(reader: asyncio.StreamReader, limit: int = MAX_MESSAGE, head: bytes = b"") -> dict:
+    """Read one message from a stream; EOF before a header raises EOFError.
+
+    `head` is the header if the caller already read it (hookd.server reads four bytes
+    to tell a JSON message from a shim request)."""
+    if not head:
+        try:
+            head = await reader.readexactly(HEADER.size)
+        except asyncio.IncompleteReadError as err:
+            if not err.partial:
+                raise EOFError("connection closed") from err
+            raise MessageError("truncated header", err.partial) from err
     (length,) = HEADER.unpack(head)
     if length > limit:
         raise MessageError(f"announced length {length} is over the {limit}-byte limit", head)

@@ -17,8 +17,9 @@ import sys
 
 import pytest
 
-from hookd import wire
+from hookd import shimwire, wire
 from tests.conftest import REPO, hookd_env, run_hookctl
+from tests.harness.hookcall import ask_prepare, hook_request
 from tests.domains import domain
 from tests.integration.hookd_proc import HookdProcess
 
@@ -50,8 +51,7 @@ def test_socket_is_root_only_and_answers(daemon):
     daemon.start()
     mode = stat.S_IMODE(os.stat(daemon.socket).st_mode)
     assert mode == 0o600 and os.stat(daemon.socket).st_uid == 0
-    reply = ask(daemon.socket, {"v": 1, "op": "prepare", "sub": "begin", "domain": "d", "xml": domain().decode()})
-    assert reply["action"] == "allow"
+    assert ask_prepare(daemon.socket, "d", domain()).action == "allow"
     assert status(daemon)["counters"] == {"rewrite": 1}
 
 
@@ -136,7 +136,7 @@ def test_sigterm_finishes_in_flight_request_then_exits_0(daemon):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
     s.connect(str(daemon.socket))
-    msg = wire.encode({"v": 1, "op": "prepare", "sub": "begin", "domain": "d", "xml": domain().decode()})
+    msg = shimwire.encode_request(hook_request("d", domain()))
     s.sendall(msg[:10])                          # a request in flight
     status(daemon)                               # the daemon has accepted and is serving
     daemon.signal(signal.SIGTERM)
@@ -144,8 +144,7 @@ def test_sigterm_finishes_in_flight_request_then_exits_0(daemon):
     with pytest.raises(OSError):                 # no new connections
         ask(daemon.socket, {"v": 1, "op": "status"})
     s.sendall(msg[10:])
-    head = s.recv(4, socket.MSG_WAITALL)
-    assert wire.decode(head + s.recv(struct.unpack(">I", head)[0], socket.MSG_WAITALL))["action"] == "allow"
+    assert s.recv(100) == shimwire.encode_reply(shimwire.HookReply("allow"))
     s.close()
     assert daemon.proc.wait(15) == 0
     assert not daemon.socket.exists()

@@ -7,6 +7,7 @@ import pytest
 from hookd.audit import AuditLog, query
 from hookd.config import build_config, parse_ini
 from hookd.hookhandler import HookHandler
+from hookd.shimwire import HookReply, HookRequest
 from tests.domains import HOST_SERIAL, UUID, domain
 
 
@@ -18,15 +19,14 @@ def handler(tmp_path, text=""):
 
 
 def call(h, op, xml=None, **kw):
-    msg = {"v": 1, "op": op, "sub": "begin", "domain": "instance-00000001", "extra": "-",
-           "xml": (xml or domain()).decode()}
-    msg.update(kw)
-    return h.handle(msg)
+    fields = dict(op=op, sub="begin", domain="instance-00000001", extra="-", xml=xml or domain())
+    fields.update(kw)
+    return h.handle(HookRequest(**fields))
 
 
 def test_warn_allows_and_records(tmp_path):
     h, state = handler(tmp_path)
-    assert call(h, "prepare")["action"] == "allow"
+    assert call(h, "prepare").action == "allow"
     (row,) = query(str(state))
     assert (row["operation"], row["action"], row["serial_seen"], row["serial_wanted"]) == \
         ("prepare", "warn", HOST_SERIAL, UUID)
@@ -35,8 +35,8 @@ def test_warn_allows_and_records(tmp_path):
 def test_deny_message_names_instance_serials_and_fix(tmp_path):
     h, _ = handler(tmp_path, "[enforce]\non_mismatch = deny\n")
     reply = call(h, "prepare")
-    assert reply["action"] == "deny"
-    m = reply["message"]
+    assert reply.action == "deny"
+    m = reply.reason
     assert "\n" not in m
     for part in (UUID, "'web-1'", "instance-00000001", HOST_SERIAL, f"wants '{UUID}'", "define it with that serial",
                  "hookd's libvirt socket"):
@@ -47,40 +47,40 @@ def test_deny_message_names_instance_serials_and_fix(tmp_path):
 def test_prepare_after_incoming_is_drift_not_deny(tmp_path, incoming):
     h, state = handler(tmp_path, "[enforce]\non_mismatch = deny\n")
     reply = call(h, incoming)
-    assert reply == {"v": 1, "action": "allow"}            # no XML: the serial is never changed there
-    assert call(h, "prepare")["action"] == "allow"
+    assert reply == HookReply("allow")                     # no XML: the serial is never changed there
+    assert call(h, "prepare").action == "allow"
     assert [r["action"] for r in query(str(state))] == ["drift", "drift"]
     # the marker is used once: a later cold start is judged normally
-    assert call(h, "prepare")["action"] == "deny"
+    assert call(h, "prepare").action == "deny"
 
 
 def test_incoming_marker_is_per_instance(tmp_path):
     h, _ = handler(tmp_path, "[enforce]\non_mismatch = deny\n")
     other = domain(uuid="00000000-0000-4000-8000-00000000abcd")
     call(h, "migrate", other)
-    assert call(h, "prepare")["action"] == "deny"
+    assert call(h, "prepare").action == "deny"
 
 
 def test_not_nova_and_not_applicable_allowed(tmp_path):
     h, state = handler(tmp_path, "[enforce]\non_mismatch = deny\n")
-    assert call(h, "prepare", domain(nova=None))["action"] == "allow"
-    assert call(h, "prepare", domain(arch="aarch64", sysinfo=False, smbios=None))["action"] == "allow"
+    assert call(h, "prepare", domain(nova=None)).action == "allow"
+    assert call(h, "prepare", domain(arch="aarch64", sysinfo=False, smbios=None)).action == "allow"
     assert [r["verdict"] for r in query(str(state))] == ["not-nova", "not-applicable"]
 
 
 def test_unreadable_xml_is_allowed_and_recorded_as_error(tmp_path):
     h, state = handler(tmp_path, "[enforce]\non_mismatch = deny\n")
-    assert call(h, "prepare", b"<domain><uuid>x")["action"] == "allow"
+    assert call(h, "prepare", b"<domain><uuid>x").action == "allow"
     (row,) = query(str(state))
     assert row["verdict"] == "error" and "not well-formed" in row["detail"]
 
 
-@pytest.mark.parametrize("msg", [{}, {"v": 2, "op": "prepare", "sub": "begin"}, {"v": 1, "op": "started", "sub": "begin"},
-                                 {"v": 1, "op": "prepare", "sub": "end"}, {"v": 1, "op": {"x": 1}, "sub": "begin"},
-                                 {"v": 1, "op": ["prepare"], "sub": "begin"}])
-def test_unsupported_requests_are_allowed_not_crashed(tmp_path, msg):
-    h, _ = handler(tmp_path)
-    assert h.handle(msg)["action"] == "allow"
+@pytest.mark.parametrize("op,sub", [("started", "begin"), ("prepare", "end"), ("reconnect", "begin"),
+                                    ("release", "end")])
+def test_unsupported_requests_are_allowed_and_not_recorded(tmp_path, op, sub):
+    h, state = handler(tmp_path, "[enforce]\non_mismatch = deny\n")
+    assert call(h, op, sub=sub) == HookReply("allow")
+    assert query(str(state)) == [] and h.counters["bad-request"] == 1
 
 
 def test_audit_queues_while_disk_refuses_and_flushes_later(tmp_path):

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 
@@ -270,7 +271,11 @@ def test_debian_metadata():
     rules = (d / "rules").read_text()
     assert os.access(d / "rules", os.X_OK)
     assert "--buildsystem=pybuild" in rules
-    assert "install-hook $(PKG)/etc/libvirt/hooks/qemu.d" in rules
+    assert "install-hook --binary hooks/hookd-shim $(PKG)/etc/libvirt/hooks/qemu.d" in rules
+    assert "ln -sf /usr/lib/hookd/hookd-shim $(PKG)/etc/libvirt/hooks/qemu.d/50-hookd" in rules
+    assert "hardening=+all" in rules
+    assert re.search(r"^Architecture: any$", control, re.M) and "${shlibs:Depends}" in control
+    assert "rm_conffile /etc/libvirt/hooks/qemu.d/50-hookd 0.2.0~" in (d / "hookd.maintscript").read_text()
     assert "etc/libvirt/hooks/qemu " not in rules and not rules.rstrip().endswith("hooks/qemu")
     postinst = (d / "hookd.postinst").read_text()
     assert "try-reload-or-restart" in postinst and "#DEBHELPER#" in postinst
@@ -287,9 +292,11 @@ def test_rpm_spec_files_match_the_deb():
     spec = (PKG / "rpm" / "hookd.spec").read_text()
     for macro in ("%systemd_post", "%systemd_preun", "%systemd_postun_with_restart"):
         assert macro in spec
-    for path in ("%{_bindir}/hookd", "%{_bindir}/hookctl", "%{_datadir}/hookd/",
+    assert not re.search(r"^BuildArch:", spec, re.M), "the compiled shim makes the rpm arch-specific"
+    for path in ("%{_bindir}/hookd", "%{_bindir}/hookctl", "%{_datadir}/hookd/", "%{_libexecdir}/hookd/",
                  "%config(noreplace) %{_sysconfdir}/hookd/hookd.conf",
-                 "%{_sysconfdir}/libvirt/hooks/qemu.d/50-hookd", "%{_unitdir}/hookd.service",
+                 "%config(noreplace) %{_sysconfdir}/libvirt/hooks/qemu.d/50-hookd.conf",
+                 "%{_sysconfdir}/libvirt/hooks/qemu.d/50-hookd\n", "%{_unitdir}/hookd.service",
                  "%{_unitdir}/hookd.socket", "%{_mandir}/man8/hookd.8", "%{_mandir}/man8/hookctl.8",
                  "%{_mandir}/man5/hookd.conf.5"):
         assert path in spec, path
@@ -317,13 +324,46 @@ def test_scripts_refuse_unknown_arguments_in_one_line(script):
     assert r.stderr.count("\n") == 1 and "unknown argument" in r.stderr
 
 
-def test_packaged_shim_renders_from_the_template(tmp_path):
-    """What debian/rules and the spec run at build time."""
+def test_install_hook_builds_and_installs_the_compiled_shim(tmp_path):
+    """A source checkout or pip install (no packaged binary): install-hook builds the shim with cc."""
     from tests.conftest import run_hookctl
     r = run_hookctl("install-hook", tmp_path)
     assert r.returncode == 0, r.stderr
     shim = tmp_path / "50-hookd"
-    assert os.access(shim, os.X_OK)
-    text = shim.read_text()
-    assert text.startswith("#!/bin/sh\n") and "@SOCKET@" not in text
-    assert "SOCKET = '/run/hookd/hookd.sock'" in text
+    assert os.access(shim, os.X_OK) and shim.read_bytes().startswith(b"\x7fELF")
+    assert (tmp_path / "50-hookd.conf").read_text().splitlines()[2:] == [
+        "socket = /run/hookd/hookd.sock", "timeout = 5", "on_unreachable = allow"]
+    assert stat.S_IMODE(os.stat(tmp_path / "50-hookd.conf").st_mode) == 0o644
+    out = subprocess.run([str(shim), "--version"], capture_output=True, text=True, timeout=10)
+    assert out.stdout.startswith("hookd's libvirt qemu hook")
+
+
+def test_install_hook_without_a_compiler_says_so_in_one_line(tmp_path):
+    from tests.conftest import hookd_env, run_hookctl
+    env = hookd_env(CC=str(tmp_path / "no-such-cc"), PATH=str(tmp_path))
+    r = run_hookctl("install-hook", tmp_path, env=env)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and "no C compiler (cc)" in err, err
+    assert not (tmp_path / "50-hookd").exists() and not (tmp_path / "50-hookd.conf").exists()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--socket", "relative"], "--socket must be an absolute path"),
+    (["--socket", "/" + "s" * 110], "under 108 bytes"),
+    (["--timeout", "0"], "--timeout must be between"),
+    (["--name", "50-hookd.conf"], "--name must be a plain file name"),
+    (["--binary", "/etc/hostname"], "is not a compiled shim"),
+    (["--binary", "/nonexistent"], "cannot read the compiled shim"),
+])
+def test_install_hook_bad_arguments_write_nothing(tmp_path, args, fragment):
+    from tests.conftest import run_hookctl
+    r = run_hookctl("install-hook", *args, tmp_path)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and fragment in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shim_settings_parser_matches_the_writer():
+    from hookd.cli import parse_shim_settings, render_shim_settings
+    text = render_shim_settings(socket_path="/run/a b.sock", timeout=0.25, on_unreachable="deny")
+    assert parse_shim_settings(text) == {"socket": "/run/a b.sock", "timeout": 0.25, "on_unreachable": "deny"}

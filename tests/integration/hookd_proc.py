@@ -126,7 +126,9 @@ class HookdProcess:
         return run_hookctl(*args, **kw)
 
     def install_hook(self, hooks_dir, *, timeout: float = 5.0, on_unreachable: str = "allow",
-                     socket_path=None) -> None:
+                     socket_path=None, binary=None) -> None:
+        """`hookctl install-hook` with the sanitizer build of the shim (or `binary`)."""
+        from tests.harness.shim import sanitized_shim
         res = self.hookctl("install-hook", "--socket", socket_path or self.socket, "--timeout", timeout,
-                           "--on-unreachable", on_unreachable, hooks_dir)
+                           "--on-unreachable", on_unreachable, "--binary", binary or sanitized_shim(), hooks_dir)
         assert res.returncode == 0, res.stderr

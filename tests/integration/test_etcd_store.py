@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
-import struct
 import threading
 
 import pytest
 
-from hookd import wire
 from tests.conftest import run_hookctl
+from tests.harness.hookcall import ask_prepare
 from tests.domains import HOST_SERIAL, UUID, domain
 from tests.waiting import wait_for
 
@@ -24,13 +22,7 @@ def store_conf(etcd, extra=""):
 
 
 def prepare(d, xml):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(str(d.socket))
-        s.sendall(wire.encode({"v": 1, "op": "prepare", "sub": "begin", "domain": "x", "extra": "-",
-                               "xml": xml.decode()}))
-        head = s.recv(4, socket.MSG_WAITALL)
-        return wire.decode(head + s.recv(struct.unpack(">I", head)[0], socket.MSG_WAITALL))
+    return ask_prepare(d.socket, "x", xml, timeout=5)
 
 
 def status(d):
@@ -41,19 +33,19 @@ def test_watch_brings_a_pin_made_elsewhere_to_the_daemon(etcd, hookd_factory):
     """A pin written by hookctl (any host) reaches the daemon's cache through the watch."""
     d = hookd_factory(config_extra=store_conf(etcd) + "[enforce]\non_mismatch = deny\n").start()
     wait_for(lambda: status(d)["store"]["reachable"], 15, what="etcd reachable")
-    assert prepare(d, domain(serial="LEGACY-1"))["action"] == "deny"    # default policy wants the UUID
+    assert prepare(d, domain(serial="LEGACY-1")).action == "deny"    # default policy wants the UUID
     assert run_hookctl("pin", UUID, "LEGACY-1", "--config", d.config).returncode == 0
-    wait_for(lambda: prepare(d, domain(serial="LEGACY-1"))["action"] == "allow", 15, what="pin via watch")
+    wait_for(lambda: prepare(d, domain(serial="LEGACY-1")).action == "allow", 15, what="pin via watch")
     assert d.audit(instance=UUID)[-1]["rule"] == "pin"
     run_hookctl("unpin", UUID, "--config", d.config)
-    wait_for(lambda: prepare(d, domain(serial="LEGACY-1"))["action"] == "deny", 15, what="unpin via watch")
+    wait_for(lambda: prepare(d, domain(serial="LEGACY-1")).action == "deny", 15, what="unpin via watch")
 
 
 def test_outage_decisions_from_cache_and_queued_pins_written_later(etcd, hookd_factory):
     """etcd stopped: decisions go on from the cache, new pins queue; restarted: nothing lost."""
     d = hookd_factory(config_extra=store_conf(etcd, "") + "[policy]\nmode = preserve\n").start()
     wait_for(lambda: status(d)["store"]["reachable"], 15, what="etcd reachable")
-    assert prepare(d, domain(serial=HOST_SERIAL))["action"] == "allow"          # pins HOST_SERIAL
+    assert prepare(d, domain(serial=HOST_SERIAL)).action == "allow"          # pins HOST_SERIAL
     wait_for(lambda: f"/hookd/pins/{UUID}" in etcd.get_prefix("/hookd/pins/"), 15, what="pin in etcd")
     etcd.stop()
     wait_for(lambda: not status(d)["store"]["reachable"], 15, what="outage noticed")

@@ -45,7 +45,7 @@ def test_check_install_passes():
 
 def _deb_files(deb) -> set:
     out = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
-    return {line.split()[-1].lstrip(".") for line in out.splitlines() if not line.startswith("d")}
+    return {line.split(" -> ")[0].split()[-1].lstrip(".") for line in out.splitlines() if not line.startswith("d")}
 
 
 def test_rpm_builds_and_ships_what_the_deb_ships():
@@ -58,8 +58,11 @@ def test_rpm_builds_and_ships_what_the_deb_ships():
         r = subprocess.run([str(PKG / script), "--no-lint"], capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"{script}:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     from hookd import __version__
-    rpm = REPO / "dist" / f"hookd-{__version__}-1.noarch.rpm"
-    deb = next((REPO / "dist").glob(f"hookd_{__version__}-*_all.deb"))
+    arch = subprocess.run(["uname", "-m"], capture_output=True, text=True, check=True).stdout.strip()
+    rpm = REPO / "dist" / f"hookd-{__version__}-1.{arch}.rpm"
+    deb_arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    deb = next((REPO / "dist").glob(f"hookd_{__version__}-*_{deb_arch}.deb"))
     listing = subprocess.run(["rpm", "-qp", "--qf", "[%{FILEMODES:perms} %{FILENAMES}\n]", str(rpm)],
                              capture_output=True, text=True, check=True).stdout
     rpm_files = {line.split(" ", 1)[1] for line in listing.splitlines() if not line.startswith("d")}
@@ -68,24 +71,29 @@ def test_rpm_builds_and_ships_what_the_deb_ships():
     def normalise(paths):
         out = set()
         for p in paths:
-            if "__pycache__" in p or p.startswith(("/usr/share/doc/", "/usr/share/lintian/")) \
+            if "__pycache__" in p or p.startswith(("/usr/share/doc/", "/usr/share/lintian/", "/usr/lib/.build-id/")) \
                     or "/dist-packages/" in p \
                     or "/site-packages/" in p or p.endswith(".preset"):
                 continue
             p = re.sub(r"^/lib/systemd/", "/usr/lib/systemd/", p)
+            # The compiled shim: Debian's /usr/lib/hookd, Fedora's /usr/libexec/hookd.
+            p = re.sub(r"^/usr/libexec/hookd/", "/usr/lib/hookd/", p)
             out.add(re.sub(r"\.gz$", "", p))
         return out
 
     assert normalise(rpm_files) == normalise(deb_files)
-    for f in ("/etc/libvirt/hooks/qemu.d/50-hookd", "/usr/bin/hookd", "/usr/bin/hookctl",
-              "/usr/share/hookd/qemu-hook", "/etc/hookd/hookd.conf"):
+    for f in ("/etc/libvirt/hooks/qemu.d/50-hookd", "/etc/libvirt/hooks/qemu.d/50-hookd.conf", "/usr/bin/hookd",
+              "/usr/bin/hookctl", "/usr/libexec/hookd/hookd-shim", "/etc/hookd/hookd.conf"):
         assert f in rpm_files
     assert "/etc/libvirt/hooks/qemu" not in rpm_files | deb_files
-    # The shim is executable in both, and a config file in both.
-    rpm_modes = subprocess.run(["rpm", "-qp", "--qf", "[%{FILEMODES:perms} %{FILEFLAGS:fflags} %{FILENAMES}\n]",
+    # The hook is a link to the compiled shim (not a config file), its settings a config file.
+    rpm_modes = subprocess.run(["rpm", "-qp", "--qf",
+                                "[%{FILEMODES:perms}|%{FILEFLAGS:fflags}|%{FILENAMES}|%{FILELINKTOS}\n]",
                                 str(rpm)], capture_output=True, text=True, check=True).stdout
-    shim_line = next(line for line in rpm_modes.splitlines() if line.endswith("qemu.d/50-hookd"))
-    assert shim_line.startswith("-rwxr-xr-x c")
+    lines = {f[2]: (f[0], f[1], f[3]) for f in (line.split("|") for line in rpm_modes.splitlines())}
+    assert lines["/etc/libvirt/hooks/qemu.d/50-hookd"] == ("lrwxrwxrwx", "", "/usr/libexec/hookd/hookd-shim")
+    assert lines["/etc/libvirt/hooks/qemu.d/50-hookd.conf"][:2] == ("-rw-r--r--", "cn")
+    assert lines["/usr/libexec/hookd/hookd-shim"][:2] == ("-rwxr-xr-x", "")
     scripts = subprocess.run(["rpm", "-qp", "--scripts", str(rpm)], capture_output=True, text=True,
                              check=True).stdout
     assert "try-reload-or-restart" in scripts

@@ -153,24 +153,15 @@ def run_as_nobody(argv, **kw) -> subprocess.CompletedProcess:
     return run_as(65534, 65534, argv, **kw)
 
 
-def ask(sock_path, msg: dict, timeout: float = 10) -> dict:
-    """One request on hookd's hook socket, the way the shim and hookctl frame it."""
-    import socket
-    import struct
-    from hookd import wire
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(sock_path))
-        s.sendall(wire.encode(msg))
-        head = s.recv(4, socket.MSG_WAITALL)
-        if len(head) < 4:
-            raise ConnectionError("hookd closed the connection without answering")
-        (n,) = struct.unpack(">I", head)
-        return wire.decode(head + s.recv(n, socket.MSG_WAITALL))
+def ask(sock_path, request, timeout: float = 10):
+    """One hook call on hookd's hook socket, framed as the compiled shim frames it."""
+    from tests.harness.hookcall import ask_hook
+    return ask_hook(sock_path, request, timeout)
 
 
-def prepare_msg(name: str, xml: str) -> dict:
-    return {"v": 1, "op": "prepare", "sub": "begin", "domain": name, "extra": "-", "xml": xml}
+def prepare_msg(name: str, xml):
+    from tests.harness.hookcall import hook_request
+    return hook_request(name, xml)
 
 
 def is_mountpoint(path) -> bool:

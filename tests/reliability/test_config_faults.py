@@ -19,7 +19,7 @@ HOST_SERIAL = "4c4c4544-0054-3510-8052-b7c04f564732"
 
 def verdict(d) -> str:
     uid = str(uuidlib.uuid4())
-    return ask(d.socket, prepare_msg("instance-x", domain(uuid=uid, serial=HOST_SERIAL).decode()))["action"]
+    return ask(d.socket, prepare_msg("instance-x", domain(uuid=uid, serial=HOST_SERIAL).decode())).action
 
 
 def reloaded(d, before: dict, *, ok: bool) -> dict:

@@ -80,7 +80,7 @@ class Starter:
 
 
 def shim_waiting(name: str) -> list:
-    """Pids of hookd shims (the Python part) running `prepare begin` for guest `name` right now."""
+    """Pids of hookd shims running `prepare begin` for guest `name` right now."""
     found = []
     hook = "/etc/libvirt/hooks/qemu.d/50-hookd"      # its path inside libvirtd's namespace
     for entry in os.listdir("/proc"):
@@ -91,7 +91,7 @@ def shim_waiting(name: str) -> list:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if hook.encode() in argv and name.encode() in argv and b"prepare" in argv and b"-S" in argv:
+        if argv[:4] == [hook.encode(), name.encode(), b"prepare", b"begin"]:
             found.append(int(entry))
     return found
 

@@ -21,7 +21,7 @@ import time
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from hookd import wire
+from hookd import shimwire, wire
 from hookd.rpcframe import MESSAGE_MAX, REMOTE_PROGRAM, Header, MessageType, encode
 from tests.domains import domain
 from tests.reliability.conftest import ask, prepare_msg, status_json, wait_for
@@ -74,7 +74,20 @@ shim_like = st.fixed_dictionaries({}, optional={
     "domain": json_values, "extra": json_values, "dry_run": json_values,
     "xml": st.sampled_from(["", "<domain/>", domain().decode(), "\ud800", "<" * 1000]) | json_values,
 })
+shim_word = st.sampled_from(["prepare", "migrate", "restore", "started", "reconnect", "begin", "end", "x"])
+shim_header = st.tuples(
+    shim_word | st.text("abcz", min_size=0, max_size=20), shim_word | st.text("abcz", max_size=20),
+    st.integers(0, 2 ** 64), st.integers(0, 5000), st.integers(0, 5000), st.integers(0, 40 * 1024 * 1024))
+shim_requests = st.one_of(
+    # the compiled shim's framing with any fields and a body of any length (lying or not)
+    st.tuples(shim_header, st.binary(max_size=300)).map(
+        lambda t: ("HOOKD1 %s %s %d %d %d %d\n" % t[0]).encode() + t[1]),
+    st.binary(max_size=200).map(lambda b: b"HOOK" + b),                 # the prefix, then garbage
+    st.tuples(st.text(max_size=20), st.sampled_from(["", "<domain/>", domain().decode(), "<" * 1000]))
+    .map(lambda t: shimwire.encode_request(prepare_msg(t[0], t[1].encode()))),  # well-formed
+)
 messages = st.one_of(
+    shim_requests,
     st.binary(max_size=300),                                          # raw garbage, no framing
     st.binary(max_size=300).map(frame),                               # framed garbage
     st.tuples(st.integers(0, 2 ** 32 - 1), st.binary(max_size=64))    # a lying length word
@@ -103,15 +116,19 @@ def test_hook_socket_survives_arbitrary_messages(hookd_factory, record):
     @example(frame(b'{"v":1,"op":["prepare"],"sub":"begin","xml":""}'))
     @example(frame(b'{"v":1,"op":{"a":1},"sub":{}}'))
     @example(frame(b"[" * 100_000 + b"]" * 100_000))
+    @example(b"HOOKD1 prepare begin 0 1 1 33554433\nx-")       # announces the largest XML, sends none
+    @example(b"HOOKD1 started begin 0 1 1 0\nx-")
     def prop(data):
         reply = exchange(d.socket, data)
         seen["answered" if reply else "closed"] += 1
-        if reply:
+        if reply.startswith(shimwire.MAGIC):
+            shimwire.decode_reply(reply)                               # a well-formed shim answer
+        elif reply:
             wire.decode(reply[:4 + struct.unpack(">I", reply[:4])[0]])  # a well-formed answer
         assert d.proc.poll() is None, "hookd died"
 
     prop()
-    ok_after = ask(d.socket, prepare_msg("instance-1", domain().decode()))["action"] == "allow"
+    ok_after = ask(d.socket, prepare_msg("instance-1", domain().decode())).action == "allow"
     st_ = status_json(d)
     bad = crashes(d.log_text())
     record("arbitrary messages on the hook socket (300)",
@@ -138,7 +155,7 @@ def test_hook_socket_oversize_and_slow_clients(hookd_factory, record):
             got = b""
     dropped = time.monotonic() - t0
     logged = f"announced length {wire.MAX_MESSAGE + 1} is over the {wire.MAX_MESSAGE}-byte limit" in d.log_text()
-    ok_after = ask(d.socket, prepare_msg("instance-1", domain().decode()))["action"] == "allow"
+    ok_after = ask(d.socket, prepare_msg("instance-1", domain().decode())).action == "allow"
     record("hook socket: length > wire.MAX_MESSAGE announced", "connection dropped at once, reason logged, serves on",
            f"dropped after {dropped:.2f} s, logged: {logged}, serves after: {ok_after}",
            ok=got == b"" and dropped < 2 and logged and ok_after)
@@ -151,7 +168,7 @@ def test_hook_socket_xxe_refused(hookd_factory, tmp_path, record):
     d.start()
     secret = tmp_path / "secret"
     secret.write_text("TOP-SECRET-MARKER")
-    actions = [ask(d.socket, prepare_msg("evil", doc.decode()))["action"]
+    actions = [ask(d.socket, prepare_msg("evil", doc.decode())).action
                for doc in attack_docs(str(secret)).values()]
     rows = d.audit(operation="prepare")
     leaked = "TOP-SECRET" in d.log_text() or any("TOP-SECRET" in json.dumps(r) for r in rows)

@@ -35,8 +35,8 @@ def decide(d, n, tag):
 
 
 def decisions_ok(replies) -> bool:
-    return all((r["action"] == "allow") if compliant else
-               (r["action"] == "deny" and f"wants '{uid}'" in r.get("message", ""))
+    return all((r.action == "allow") if compliant else
+               (r.action == "deny" and f"wants '{uid}'" in r.reason)
                for uid, compliant, r in replies)
 
 
@@ -152,7 +152,7 @@ def test_sigkill_during_write_burst(hookd_factory, record):
                 reply = ask(d.socket, prepare_msg(f"burst-{k}-{i}", xml), timeout=5)
             except OSError:
                 return
-            if reply.get("action") == "allow":
+            if reply.action == "allow":
                 with lock:
                     acked.append(uid)
             i += 1
