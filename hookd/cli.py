@@ -507,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("install-hook", cmd_install_hook,
              "write the compiled qemu hook shim and its settings into DIR (normally /etc/libvirt/hooks/qemu.d)")
     sp.add_argument("--socket", default="/run/hookd/hookd.sock", metavar="PATH",
-                    help="hookd's hook socket, built into the shim (default /run/hookd/hookd.sock)")
+                    help="hookd's hook socket, written into the shim's settings (default /run/hookd/hookd.sock)")
     sp.add_argument("--timeout", type=float, default=5.0, metavar="S",
                     help="seconds the shim waits for hookd before on-unreachable applies (default 5)")
     sp.add_argument("--on-unreachable", choices=("allow", "deny"), default="allow",

@@ -35,6 +35,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -561,6 +562,8 @@ int main(int argc, char **argv)
         (strcmp(op, "prepare") != 0 && strcmp(op, "migrate") != 0 && strcmp(op, "restore") != 0))
         return 0;
     deadline = now_ms(CLOCK_MONOTONIC);
+    /* stderr is libvirt's pipe; a write after it went away must not kill the shim. */
+    signal(SIGPIPE, SIG_IGN);
     g_name = argv[1];
     memcpy(g_settings.socket, DEFAULT_SOCKET, sizeof(DEFAULT_SOCKET));
     g_settings.timeout_ms = DEFAULT_TIMEOUT_MS;

@@ -210,6 +210,35 @@ def test_shim_asking_another_socket(tmp_path):
     assert f"--socket {tmp_path}/hookd.sock" in checks["shim"]["fix"]
 
 
+def test_shim_with_broken_settings(tmp_path):
+    hooks = install_shim(tmp_path)
+    with open(os.path.join(hooks, "50-hookd.conf"), "a") as f:
+        f.write("timeout = soon\n")
+    _, checks, _ = doctor(tmp_path, hooks=hooks)
+    assert checks["shim"]["status"] == "FAIL"
+    assert "50-hookd.conf line 6: timeout must be 0.1 to 300 seconds" in checks["shim"]["finding"]
+    assert "treats hookd as unreachable" in checks["shim"]["finding"]
+
+
+def test_shim_without_settings_uses_the_built_in_defaults(tmp_path):
+    hooks = install_shim(tmp_path)
+    os.unlink(os.path.join(hooks, "50-hookd.conf"))
+    _, checks, _ = doctor(tmp_path, hooks=hooks)
+    # The defaults ask /run/hookd/hookd.sock; this hookd listens elsewhere.
+    assert checks["shim"]["status"] == "FAIL"
+    assert "asks /run/hookd/hookd.sock but hookd listens on" in checks["shim"]["finding"]
+
+
+def test_an_old_or_foreign_hook_is_not_taken_for_the_shim(tmp_path):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "50-hookd").write_text("#!/bin/sh\n# hookd's libvirt qemu hook (0.1, sh + Python)\nexit 0\n")
+    os.chmod(hooks / "50-hookd", 0o755)
+    _, checks, _ = doctor(tmp_path, hooks=str(hooks))
+    assert checks["shim"]["status"] == "FAIL" and "not hookd's compiled shim" in checks["shim"]["finding"]
+    assert "hookctl install-hook" in checks["shim"]["fix"]
+
+
 # ----------------------------------------------------------------- daemon
 
 def test_unreachable_daemon(tmp_path):

@@ -181,7 +181,7 @@ def test_daemon_hung(libvirt_hosts, hookd_factory, tmp_path, policy):
 
 
 def test_fast_path_operations_never_reach_the_daemon(libvirt_hosts, hookd_factory, tmp_path):
-    """start/started/stopped/release go through the sh fast path: hookd sees only prepare."""
+    """start/started/stopped/release take the shim's fast path (an exit at once): hookd sees only prepare."""
     d, host = start_pair(libvirt_hosts, hookd_factory)
     name, uid = define(host, tmp_path, serial=None)
     host.virsh("start", name)

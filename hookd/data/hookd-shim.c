@@ -1,0 +1,1 @@
+../../hooks/hookd-shim.c
