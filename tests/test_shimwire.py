@@ -69,7 +69,8 @@ def test_undecodable_domain_name_is_kept_visible():
     (b"HOOKD1 prepare begin 0 4097 1 0\n", "over 4096 bytes"),
     (b"HOOKD1 prepare begin 0 1 1 %d\n" % (shimwire.MAX_XML + 2), "over the"),
     (b"HOOKD1 prepare begin 0 1 1 0", "truncated request header"),
-    (b"HOOKD1 " + b"a" * 200, "over the limit"),
+    (b"HOOKD1 " + b"a" * 200 + b"\n", "over the limit"),
+    (b"HOOKD1 " + b"a" * 200, "truncated request header"),
 ])
 def test_bad_requests_keep_raw_bytes(data, fragment):
     with pytest.raises(ShimWireError) as err:
@@ -78,6 +79,16 @@ def test_bad_requests_keep_raw_bytes(data, fragment):
     if b"\n" in data:
         with pytest.raises(ShimWireError):
             shimwire.decode_request(data)
+
+
+def test_a_line_without_end_is_bounded_by_the_stream_limit():
+    async def go():
+        reader = asyncio.StreamReader(limit=1024)
+        reader.feed_data(b"HOOKD1 " + b"a" * 5000)
+        head = await reader.readexactly(4)
+        return await shimwire.read_request(reader, head)
+    with pytest.raises(ShimWireError, match="over the limit"):
+        asyncio.run(go())
 
 
 def test_one_byte_over_the_xml_limit_travels():
