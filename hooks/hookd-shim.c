@@ -375,6 +375,24 @@ static char *read_xml(size_t *len)
     return buf;
 }
 
+/* Wait until fd is ready for `events`: 0 ready, 1 deadline passed, -1 error. */
+static int wait_ready(int fd, short events, long long deadline, char *why, size_t why_cap)
+{
+    for (;;) {
+        struct pollfd p = { fd, events, 0 };
+        int r = poll(&p, 1, left_ms(deadline));
+
+        if (r > 0)
+            return 0;
+        if (r == 0)
+            return 1;
+        if (errno != EINTR) {
+            snprintf(why, why_cap, "poll: %s", strerror(errno));
+            return -1;
+        }
+    }
+}
+
 /* A full listen backlog makes an AF_UNIX connect fail at once with EAGAIN instead of
  * waiting (a boot storm of guests): retry until the deadline. */
 static int connect_until(int fd, long long deadline, char *why, size_t why_cap)
@@ -391,12 +409,11 @@ static int connect_until(int fd, long long deadline, char *why, size_t why_cap)
         if (errno == EINTR)
             continue;
         if (errno == EINPROGRESS) {
-            struct pollfd p = { fd, POLLOUT, 0 };
-            int err = 0;
+            int err = 0, r = wait_ready(fd, POLLOUT, deadline, why, why_cap);
             socklen_t err_len = sizeof(err);
 
-            if (poll(&p, 1, left_ms(deadline)) <= 0)
-                return 1;       /* timed out */
+            if (r != 0)
+                return r;
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &err_len);
             if (err == 0)
                 return 0;
@@ -418,18 +435,11 @@ static int send_all(int fd, const char *data, size_t len, long long deadline,
                     char *why, size_t why_cap)
 {
     while (len > 0) {
-        struct pollfd p = { fd, POLLOUT, 0 };
         ssize_t n;
-        int r = poll(&p, 1, left_ms(deadline));
+        int r = wait_ready(fd, POLLOUT, deadline, why, why_cap);
 
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r == 0)
-            return 1;
-        if (r < 0) {
-            snprintf(why, why_cap, "poll: %s", strerror(errno));
-            return -1;
-        }
+        if (r != 0)
+            return r;
         n = send(fd, data, len, MSG_NOSIGNAL);
         if (n < 0 && (errno == EINTR || errno == EAGAIN))
             continue;
@@ -450,18 +460,11 @@ static int receive_reply(int fd, char *buf, long long deadline, struct shim_repl
     size_t got = 0;
 
     for (;;) {
-        struct pollfd p = { fd, POLLIN, 0 };
         ssize_t n;
-        int r = poll(&p, 1, left_ms(deadline));
+        int r = wait_ready(fd, POLLIN, deadline, why, why_cap);
 
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r == 0)
-            return 1;
-        if (r < 0) {
-            snprintf(why, why_cap, "poll: %s", strerror(errno));
-            return -1;
-        }
+        if (r != 0)
+            return r;
         n = recv(fd, buf + got, REPLY_BUF - got, 0);
         if (n < 0 && (errno == EINTR || errno == EAGAIN))
             continue;

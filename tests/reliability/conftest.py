@@ -14,6 +14,7 @@ import signal
 import subprocess
 import textwrap
 import threading
+import time
 from typing import Callable, List, Optional
 
 import pytest
@@ -151,6 +152,21 @@ def run_as(uid: int, gid: int, argv, **kw) -> subprocess.CompletedProcess:
 
 def run_as_nobody(argv, **kw) -> subprocess.CompletedProcess:
     return run_as(65534, 65534, argv, **kw)
+
+
+def wait_or_kill(procs, wall_seconds: float) -> None:
+    """Wait for every Popen (each started with start_new_session) until one shared deadline;
+    SIGKILL the process group of any still running then (a hang of a fuzzing harness)."""
+    deadline = time.monotonic() + wall_seconds
+    for proc in procs:
+        try:
+            proc.wait(max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 def ask(sock_path, request, timeout: float = 10):

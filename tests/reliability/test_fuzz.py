@@ -14,11 +14,11 @@ import fcntl
 import os
 import pathlib
 import re
-import signal
 import subprocess
-import time
 
 import pytest
+
+from tests.reliability.conftest import wait_or_kill
 
 HERE = pathlib.Path(__file__).resolve().parent
 VENV = pathlib.Path(os.environ.get("HOOKD_FUZZ_VENV", "/var/cache/hookd-tests/fuzz-venv"))
@@ -80,17 +80,9 @@ def test_fuzz_xml_and_frame_decoder(tmp_path, record):
                  f"-rss_limit_mb={RSS_LIMIT_MB}", f"-timeout={PER_INPUT_TIMEOUT_S}", f"-max_len={max_len}",
                  "-print_final_stats=1", f"-artifact_prefix={tmp_path}/{name}-", str(corpus)],
                 stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path), start_new_session=True), log)
-        deadline = time.monotonic() + SECONDS + 120
-        for name, (proc, log) in procs.items():
-            try:
-                proc.wait(max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
     finally:
-        for name, (proc, log) in procs.items():
-            if proc.poll() is None:          # over its wall-clock bound: a hang of the harness
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        wait_or_kill([proc for proc, _ in procs.values()], SECONDS + 120)
+        for _, log in procs.values():
             log.close()
     failures = []
     for name, (proc, _) in procs.items():

@@ -16,13 +16,12 @@ import os
 import pathlib
 import re
 import shutil
-import signal
 import subprocess
-import time
 
 import pytest
 
 from tests.harness.shim import build
+from tests.reliability.conftest import wait_or_kill
 
 HERE = pathlib.Path(__file__).resolve().parent
 SECONDS = int(os.environ.get("HOOKD_SHIM_FUZZ_SECONDS", "20"))
@@ -56,17 +55,9 @@ def test_fuzz_shim_reply_parser_and_request_encoder(tmp_path, record):
                 [str(binary), f"-max_total_time={SECONDS}", f"-rss_limit_mb={RSS_LIMIT_MB}", "-timeout=10",
                  "-print_final_stats=1", f"-artifact_prefix={tmp_path}/{name}-", str(corpus)],
                 stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path), start_new_session=True), log)
-        deadline = time.monotonic() + SECONDS + 60
-        for proc, _ in procs.values():
-            try:
-                proc.wait(max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
     finally:
-        for proc, log in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        wait_or_kill([proc for proc, _ in procs.values()], SECONDS + 60)
+        for _, log in procs.values():
             log.close()
     failures = []
     for name, (proc, _) in procs.items():
