@@ -102,6 +102,7 @@ def test_boot_storm_30_guests_through_proxy(hookd_stack, record):
         rss_kib = int(open(f"/proc/{d.pid}/status").read().split("VmRSS:")[1].split()[0])
         record("30 guests start at once (deny)", "hookd RSS after the storm < 60 MiB",
                f"{rss_kib / 1024:.1f} MiB (daemon process only)", ok=rss_kib < 60 * 1024)
+        assert rss_kib < 60 * 1024, f"hookd RSS {rss_kib / 1024:.1f} MiB after the storm"
         assert os.path.exists(d.proxy_socket)
     finally:
         destroy_all_parallel(host)

@@ -133,14 +133,23 @@ def test_hookd_hung_killed_restarted_stopped(stack, record):
     assert check_unserved(policy, res) and TIMEOUT <= res[2] < TIMEOUT + 1.0, res
 
     # Resumed: the request the shim gave up on is still in the socket and gets an answer
-    # nobody reads; hookd records that decision although the shim applied on_unreachable.
+    # nobody reads; hookd must record it as expired (on_unreachable decided), not as a decision.
     d.signal(signal.SIGCONT)
-    status_json(d)
-    late = d.audit(instance=g1[1], operation="prepare")
-    record(f"hookd resumed after the shim timed out, {policy}", "hookd serves again at once (status answers)",
-           f"answers; the abandoned request left {len(late)} audit row(s) "
-           f"{[r['action'] for r in late]} though the shim {'allowed it unchecked' if policy == 'allow' else 'refused it'}",
-           ok=True)
+    serves = status_json(d)["pid"] == d.pid
+
+    def late_actions():
+        return [r["action"] for r in d.audit(instance=g1[1], operation="prepare")]
+    try:
+        wait_for(lambda: late_actions() == ["expired"], 10, "the abandoned request's row")
+    except AssertionError:
+        pass
+    late = late_actions()
+    record(f"hookd resumed after the shim timed out, {policy}",
+           "hookd serves again at once (status answers); the abandoned request is recorded as expired",
+           f"serves: {serves}; the abandoned request left {late} though the shim "
+           f"{'allowed it unchecked' if policy == 'allow' else 'refused it'}",
+           ok=serves and late == ["expired"])
+    assert serves and late == ["expired"], late
     d.signal(signal.SIGSTOP)
 
     # 2. SIGKILL while a shim waits for the (stopped) daemon's answer.
