@@ -347,7 +347,8 @@ def cmd_status(args) -> int:
     if proxy is not None:
         print(f"proxy       {proxy.get('clients_connected')} clients connected, "
               f"{proxy.get('definitions_rewritten')} of {proxy.get('definitions_seen')} definitions rewritten, "
-              f"{proxy.get('clients_refused')} refused, {proxy.get('errors')} errors")
+              f"{proxy.get('clients_refused')} refused, {proxy.get('clients_over_limit', 0)} over the "
+              f"client limit, {proxy.get('errors')} errors")
     ev = st.get("events")
     if ev is not None:
         print(f"libvirt     {'connected' if ev.get('connected') else 'DISCONNECTED'} to {ev.get('uri')}; "

@@ -115,6 +115,18 @@ def _float(lo: float, hi: float) -> Callable[[Setting], float]:
     return parse
 
 
+def _int(lo: int, hi: int) -> Callable[[Setting], int]:
+    def parse(s: Setting) -> int:
+        try:
+            v = int(s.value)
+        except ValueError:
+            raise ConfigError(f"expected a whole number, got {s.value!r}", s.path, s.line) from None
+        if not lo <= v <= hi:
+            raise ConfigError(f"expected a whole number from {lo} to {hi}, got {s.value!r}", s.path, s.line)
+        return v
+    return parse
+
+
 def _path(s: Setting) -> str:
     if s.value and not s.value.startswith("/"):
         raise ConfigError(f"expected an absolute path, got {s.value!r}", s.path, s.line)
@@ -181,6 +193,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable, object]]] = {
         "proxy_socket": (_path, "/run/hookd/libvirt-sock"),
         "libvirt_socket": (_path, "/run/libvirt/libvirt-sock"),
         "proxy_group": (_group, "libvirt"),
+        "proxy_max_clients": (_int(1, 65536), 256),
         "libvirt_uri": (_text, "qemu:///system"),
     },
     "enforce": {
@@ -211,6 +224,7 @@ class DaemonSettings:
     proxy_socket: str = "/run/hookd/libvirt-sock"
     libvirt_socket: str = "/run/libvirt/libvirt-sock"
     proxy_group: str = "libvirt"
+    proxy_max_clients: int = 256
     libvirt_uri: str = "qemu:///system"
 
 

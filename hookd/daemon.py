@@ -27,7 +27,7 @@ from hookd.audit import AuditLog
 from hookd.config import DEFAULT_CONFIG, Config, load_config
 from hookd.errors import HookdError
 from hookd.hookhandler import HookHandler
-from hookd.server import HookServer
+from hookd.server import LISTEN_BACKLOG, HookServer
 from hookd.store import UnavailableStore, open_store
 from hookd.supervisor import WorkerSupervisor
 
@@ -86,6 +86,34 @@ def _notify(message: str) -> None:
         log.debug("notify socket full; dropped %r", message)
     except OSError as err:
         log.debug("notify %r failed: %s", message, err)
+
+
+#: Descriptors kept for everything but proxy sessions: the hook socket's connections
+#: during a boot storm (its listen backlog), the audit database, the worker's pipes, the
+#: config watch, the pin store.
+FD_RESERVE = LISTEN_BACKLOG + 64
+
+
+def descriptor_budget(max_clients: int) -> int:
+    """How many proxy clients the descriptor limit allows (two descriptors each: the
+    client and its upstream connection), raising the soft limit towards the hard one
+    first. Less than asked for is logged as an error naming both numbers."""
+    import resource
+    need = 2 * max_clients + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as err:
+            log.debug("cannot raise RLIMIT_NOFILE to %d: %s", target, err)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return max_clients
+    allowed = max(1, (soft - FD_RESERVE) // 2)
+    log.error("descriptor limit %d (LimitNOFILE) allows %d proxy clients, not [hookd] proxy_max_clients = %d "
+              "(needs %d); serving at most %d", soft, allowed, max_clients, need, allowed)
+    return allowed
 
 
 def _inherited_fds() -> dict:
@@ -183,7 +211,8 @@ class Daemon:
         rewriter = DefinitionRewriter(lambda: self.config, self.audit, self.store)
         self.proxy = LibvirtProxy(listen_path=d.proxy_socket, upstream_path=d.libvirt_socket,
                                   rewrite=rewriter.rewrite, on_error=rewriter.on_error,
-                                  allowed_gid=resolve_group(d.proxy_group), listen_fd=fd)
+                                  allowed_gid=resolve_group(d.proxy_group), listen_fd=fd,
+                                  max_clients=descriptor_budget(d.proxy_max_clients))
         await self.proxy.start()
 
     async def _watchdog(self) -> None:

@@ -34,6 +34,7 @@ import pwd
 import socket
 import stat
 import struct
+import time
 from typing import Callable
 
 from hookd.errors import HookdError
@@ -64,6 +65,8 @@ _CMSG_SPACE = socket.CMSG_SPACE(NUM_FDS_MAX * array.array("i").itemsize)
 FLUSH_TIMEOUT = 5.0
 #: Accepts per readiness callback, so a connection storm cannot starve relays.
 ACCEPT_BATCH = 32
+#: At most one "over proxy_max_clients" log line per this many seconds.
+OVER_LIMIT_LOG_S = 10.0
 #: How long to stop accepting after accept() failed (e.g. out of descriptors).
 ACCEPT_PAUSE = 0.5
 LISTEN_BACKLOG = 128
@@ -361,20 +364,25 @@ class LibvirtProxy:
     peer-credential check), definitions_seen (XML handed to ``rewrite``),
     definitions_rewritten (forwarded changed), errors (``on_error`` calls),
     protocol_errors (sessions dropped for malformed traffic), upstream_failures
-    (clients closed because libvirtd could not be reached).
+    (clients closed because libvirtd could not be reached), clients_over_limit
+    (connections closed at once because ``max_clients`` sessions were open).
     """
 
     def __init__(self, *, listen_path: str | None, upstream_path: str,
                  rewrite: RewriteFn, on_error: ErrorFn, allowed_gid: int | None,
                  listen_fd: int | None = None, max_message: int = MESSAGE_MAX,
-                 connect_timeout: float = 2.0, log: logging.Logger | None = None):
+                 connect_timeout: float = 2.0, max_clients: int = 256,
+                 log: logging.Logger | None = None):
         if listen_path is None and listen_fd is None:
             raise HookdError("LibvirtProxy needs listen_path or listen_fd")
         self.listen_path = listen_path
         self.upstream_path = upstream_path
         self.max_message = max_message
         self.connect_timeout = connect_timeout
+        self.max_clients = max_clients
         self.allowed_gid = allowed_gid
+        self._over_limit_logged = 0.0     # monotonic time of the last "over the limit" line
+        self._over_limit_unlogged = 0
         self._rewrite = rewrite
         self._on_error = on_error
         self._listen_fd = listen_fd
@@ -396,6 +404,7 @@ class LibvirtProxy:
             "errors": 0,
             "protocol_errors": 0,
             "upstream_failures": 0,
+            "clients_over_limit": 0,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -513,9 +522,27 @@ class LibvirtProxy:
                 self._log.warning("refused client %s: %s", peer, reason)
                 conn.close()
                 continue
+            if len(self._sessions) + len(self._connecting) >= self.max_clients:
+                # Like libvirtd's max_clients: a client that leaks connections must not
+                # take the descriptors hookd needs for the hook socket and the others.
+                self.stats["clients_over_limit"] += 1
+                self._refused_over_limit(peer)
+                conn.close()
+                continue
             task = self._loop.create_task(self._connect_upstream(conn, peer))
             self._connecting.add(task)
             task.add_done_callback(self._connecting.discard)
+
+    def _refused_over_limit(self, peer: str) -> None:
+        """One log line per OVER_LIMIT_LOG_S at most: a flood must not flood the journal too."""
+        now = time.monotonic()
+        if now - self._over_limit_logged < OVER_LIMIT_LOG_S:
+            self._over_limit_unlogged += 1
+            return
+        more = f" ({self._over_limit_unlogged} more refused since the last line)" if self._over_limit_unlogged else ""
+        self._log.warning("refused client %s: %d clients connected, the [hookd] proxy_max_clients limit; "
+                          "connected clients go on%s", peer, self.max_clients, more)
+        self._over_limit_logged, self._over_limit_unlogged = now, 0
 
     def _resume_accept(self) -> None:
         if self._lsock is not None and not self._closing:

@@ -70,6 +70,8 @@ def test_continuation_lines_extend_lists(tmp_path):
     ("[rule:x]\nmode = template\n", 2, "needs a 'template ='"),
     ("[hookd]\nsocket = relative/path\n", 2, "absolute path"),
     ("[reconcile]\ninterval = -1\n", 2, "from 0 to 86400"),
+    ("[hookd]\nproxy_max_clients = 0\n", 2, "a whole number from 1 to 65536"),
+    ("[hookd]\nproxy_max_clients = 2.5\n", 2, "expected a whole number, got '2.5'"),
     ("[enforce]\non_mismatch = shout\n", 2, "expected one of warn, deny"),
 ])
 def test_errors_name_file_line_and_reason(tmp_path, text, line, fragment):

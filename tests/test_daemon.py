@@ -187,3 +187,22 @@ def test_socket_activation_and_watchdog(tmp_path):
         assert proc.wait(15) == 0
         ns.close()
         listener.close()
+
+
+@pytest.mark.parametrize("soft,hard,want,soft_after,logged", [
+    (4096, 4096, 256, 4096, False),    # the unit's LimitNOFILE: enough, left alone
+    (1024, 4096, 256, 1600, False),    # raised to what 256 clients need (2 * 256 + 1088)
+    (1200, 1200, 56, 1200, True),      # (1200 - 1088) // 2: fewer clients, said once
+])
+def test_descriptor_budget_for_proxy_clients(soft, hard, want, soft_after, logged):
+    """Run in a child: it lowers its own RLIMIT_NOFILE, which a test process must not."""
+    code = ("import logging, resource, sys\n"
+            "logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format='%(message)s')\n"
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))\n"
+            "from hookd.daemon import descriptor_budget\n"
+            "print(descriptor_budget(256), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=hookd_env(), timeout=30)
+    assert res.returncode == 0, res.stderr
+    clients, now_soft = map(int, res.stdout.split())
+    assert (clients, now_soft) == (want, soft_after)
+    assert ("allows 56 proxy clients, not [hookd] proxy_max_clients = 256" in res.stderr) == logged, res.stderr
