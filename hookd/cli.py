@@ -52,11 +52,8 @@ EXPLAIN_FIELDS = ("domain", "instance_uuid", "verdict", "serial_current", "seria
 
 
 def _pin_lookup(cfg):
-    """Read-only pin lookups for explain/rewrite; they never create a store or a pin."""
-    from hookd.store import PINS_DB, open_store
-    if cfg.store.backend == "sqlite" and not os.path.exists(os.path.join(cfg.daemon.state_dir, PINS_DB)):
-        return None
-    return open_store(cfg).get
+    from hookd.store import read_only_pin_lookup
+    return read_only_pin_lookup(cfg)
 
 
 def cmd_explain(args) -> int:

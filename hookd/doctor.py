@@ -20,6 +20,7 @@ from __future__ import annotations
 import configparser
 import glob
 import json
+import logging
 import os
 import select
 import socket
@@ -32,6 +33,8 @@ from typing import Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from hookd.errors import HookdError
+
+log = logging.getLogger("hookd.doctor")
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d"
@@ -437,7 +440,9 @@ def check_libvirt_version(uri: str, probe: ProbeResult, cfg) -> Check:
     return Check(OK, "libvirt", finding)
 
 
-def check_guests(probe: ProbeResult, cfg) -> Check:
+def check_guests(probe: ProbeResult, cfg, pins=None) -> Check:
+    """Every domain's live and saved serial against the policy *and the pins*, as the hook,
+    the proxy and `hookctl explain` decide (a pinned legacy serial is in policy)."""
     from hookd.engine import evaluate
     from hookd.errors import HookdError
     from hookd.policy import VERDICT_NOT_APPLICABLE, VERDICT_NOT_NOVA, VERDICT_REWRITE
@@ -458,7 +463,7 @@ def check_guests(probe: ProbeResult, cfg) -> Check:
                 continue
             try:
                 ev = evaluate(xml.encode("utf-8", "surrogatepass"), cfg.policy, rewrite=False,
-                              what=f"{name} ({which})")
+                              what=f"{name} ({which})", pins=pins)
             except HookdError:
                 unreadable.append(name)
                 break
@@ -660,8 +665,21 @@ def run_checks(args) -> List[Check]:
     else:
         checks.append(check_nova_uri(parser, files, cfg))
         checks.append(check_nova_sysinfo(parser, cfg))
-    checks.append(check_guests(probe, cfg))
+    checks.append(check_guests(probe, cfg, _pins(cfg)))
     return checks
+
+
+def _pins(cfg):
+    """The pin lookup explain uses; a store doctor cannot read is reported by the store
+    check, and the guests are then judged without pins."""
+    from hookd.store import read_only_pin_lookup
+    if cfg is None:
+        return None
+    try:
+        return read_only_pin_lookup(cfg)
+    except HookdError as err:
+        log.debug("guests judged without pins: %s", err)
+        return None
 
 
 def cmd_doctor(args) -> int:

@@ -153,6 +153,14 @@ def open_store(config, host: str = ""):
     return SqlitePinStore(config.daemon.state_dir, host=host)
 
 
+def read_only_pin_lookup(config):
+    """Pin lookups for the commands that only look (explain, rewrite, doctor): they never
+    create a store or a pin. None when the SQLite store does not exist yet (no pins)."""
+    if config.store.backend == "sqlite" and not os.path.exists(os.path.join(config.daemon.state_dir, PINS_DB)):
+        return None
+    return open_store(config).get
+
+
 class PinnedEvaluator:
     """Evaluates domain XML with the pins of a store, making preserve-mode pins.
 

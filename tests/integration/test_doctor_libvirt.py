@@ -147,6 +147,28 @@ def test_running_guest_out_of_policy_is_counted(libvirt_hosts, tmp_path):
     assert checks["shim"]["status"] == "FAIL" and code == 1
 
 
+def test_pinned_guest_is_in_policy_for_doctor_as_for_explain(libvirt_hosts, tmp_path):
+    """A running guest whose legacy serial is pinned: the hook and the proxy accept it, so
+    doctor must not report it out of policy (it decided without pins before)."""
+    host = libvirt_hosts("a")
+    uid = define(host, tmp_path, "instance-00000004", "LEGACY-SERIAL-4", start=True)
+    config = write_config(tmp_path, host)
+    code, checks = doctor(tmp_path, host)
+    assert "1 running with a serial out of policy (instance-00000004)" in checks["guests"]["finding"]
+
+    r = run_hookctl("pin", uid, "LEGACY-SERIAL-4", "--config", config)
+    assert r.returncode == 0, r.stderr
+    _, checks = doctor(tmp_path, host)
+    g = checks["guests"]
+    assert g["status"] == "OK" and "1 domain: 1 in policy" in g["finding"], g
+    live = tmp_path / "live.xml"
+    live.write_text(host.virsh("dumpxml", "instance-00000004").stdout)
+    r = run_hookctl("explain", "--xml", live, "--config", config, "--json")
+    assert r.returncode == 0, r.stderr
+    explained = json.loads(r.stdout)
+    assert (explained["verdict"], explained["serial_policy"]) == ("compliant", "LEGACY-SERIAL-4"), explained
+
+
 def test_hung_libvirtd_does_not_hang_doctor(libvirt_hosts, tmp_path):
     host = libvirt_hosts("a", setup_hooks=shim_installer(tmp_path, mtime=time.time() - 60))
     host.kill_libvirtd(signal.SIGSTOP)
