@@ -34,22 +34,26 @@ def events_worker_available(d) -> bool:
 
 
 def test_boot_storm_30_guests_through_proxy(hookd_stack, record):
-    """30 parallel starts through the proxy all succeed with the policy serial, exactly one define+prepare audit row each (+ one started row if the events worker exists and is connected), each start < hook timeout + 1 s."""
+    """30 parallel starts through the proxy all succeed with the policy serial, exactly one define+prepare audit row each (+ one started row if the events worker exists and is connected), every prepare answered within the shim's deadline."""
     host, d = hookd_stack(config_extra="[enforce]\non_mismatch = deny\n", hook_timeout=HOOK_TIMEOUT,
                           on_unreachable="deny")
     events = events_worker_available(d)
     try:
         storm = boot_storm(f"qemu+unix:///system?socket={d.proxy_socket}", GUESTS)
         failed = [(r.name, r.error) for r in storm.failed]
+        # A whole start's time is mostly QEMU under TCG and moves with the machine's load
+        # (bench/ measures speed); what hookd owes is an answer inside the shim's deadline:
+        # with on_unreachable = deny a late one is a refused start, and hookd counts it expired.
+        slowest = max((r.start_s for r in storm.results), default=0.0)
         record("30 guests start at once (deny)", "all 30 start",
-               f"{GUESTS - len(failed)}/{GUESTS} started in {storm.wall_s:.1f} s" +
+               f"{GUESTS - len(failed)}/{GUESTS} started in {storm.wall_s:.1f} s (slowest start {slowest:.2f} s)" +
                (f"; first failure: {failed[0]}" if failed else ""), ok=not failed)
         assert not failed, failed
-
-        slowest = max(r.start_s for r in storm.results)
-        record("30 guests start at once (deny)", f"every start < hook timeout + 1 s ({HOOK_TIMEOUT + 1:g} s)",
-               f"slowest start {slowest:.2f} s", ok=slowest < HOOK_TIMEOUT + 1.0)
-        assert slowest < HOOK_TIMEOUT + 1.0, sorted(r.start_s for r in storm.results)
+        expired = status_json(d)["counters"].get("expired", 0)
+        record("30 guests start at once (deny)",
+               f"every prepare answered within the shim's {HOOK_TIMEOUT:g} s deadline (none expired)",
+               f"{expired} answered after the deadline", ok=expired == 0)
+        assert expired == 0, expired
 
         pids = host.qemu_pids()
         wrong = []
