@@ -1,7 +1,9 @@
 """The audit log: one SQLite row per event hookd saw or decided, in state_dir.
 
 Owns the schema, writing rows (from the daemon) and reading them (hookctl audit works
-without the daemon). It never decides anything. A failing disk must not stop
+without the daemon). It never decides anything; which lifecycle rows to write is
+hookd.ledger's call (the `boot` and `since` columns are its boot key and the QEMU
+start time). A failing disk must not stop
 decisions: rows that cannot be written are kept in a bounded memory queue, the
 failure is logged once, and the queue is flushed when writing works again.
 """
@@ -18,12 +20,17 @@ from collections import deque
 from typing import Iterable, List, Optional
 
 from hookd.errors import StoreError
+from hookd.ledger import LIFECYCLE
 
 log = logging.getLogger("hookd.audit")
 
 DB_NAME = "audit.sqlite"
 COLUMNS = ("time", "host", "operation", "domain", "instance_uuid", "nova_name", "project",
-           "flavor", "serial_seen", "serial_wanted", "verdict", "rule", "action", "detail")
+           "flavor", "serial_seen", "serial_wanted", "verdict", "rule", "action", "detail",
+           "boot", "since")
+#: Columns added after 0.1 (hookd.ledger's boot key and the QEMU start time), with the
+#: ALTER TABLE that gives an older database them at open.
+ADDED_COLUMNS = ("boot", "since")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -40,7 +47,9 @@ CREATE TABLE IF NOT EXISTS audit (
     verdict TEXT,
     rule TEXT,
     action TEXT,
-    detail TEXT
+    detail TEXT,
+    boot TEXT,
+    since TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_instance ON audit (instance_uuid, time);
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
@@ -88,6 +97,10 @@ class AuditLog:
             # power loss can drop the last transactions.
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
+            have = {r[1] for r in db.execute("PRAGMA table_info(audit)")}
+            for col in ADDED_COLUMNS:
+                if col not in have:
+                    db.execute(f"ALTER TABLE audit ADD COLUMN {col} TEXT")
             self._db = db
         except sqlite3.Error as err:
             self._db = None
@@ -144,6 +157,30 @@ class AuditLog:
             self.failing = None
         return True
 
+    def latest_lifecycle(self) -> List[dict]:
+        """Each instance's latest lifecycle row on this host (hookd.ledger's state at
+        start). Rows still queued in memory count too; a database that cannot be read
+        gives what the queue holds, logged."""
+        ops = sorted(LIFECYCLE)
+        latest: dict = {}
+        if self._db is not None:
+            marks = ", ".join("?" * len(ops))
+            try:
+                cur = self._db.execute(
+                    f"SELECT {', '.join(COLUMNS)} FROM audit WHERE id IN (SELECT MAX(id) FROM audit "
+                    f"WHERE host = ? AND operation IN ({marks}) GROUP BY instance_uuid)", [self.host, *ops])
+                for values in cur.fetchall():
+                    row = dict(zip(COLUMNS, values))
+                    latest[row["instance_uuid"]] = row
+            except sqlite3.Error as err:
+                log.error("audit log %s: cannot read the open boots (%s); the resync may record running "
+                          "guests again", self.path, err)
+        for values in self._pending:
+            row = dict(zip(COLUMNS, values))
+            if row["host"] == self.host and row["operation"] in LIFECYCLE:
+                latest[row["instance_uuid"]] = row
+        return list(latest.values())
+
     @property
     def pending(self) -> int:
         return len(self._pending)
@@ -159,7 +196,8 @@ class AuditLog:
 
 
 def query(state_dir: str, *, instance: Optional[str] = None, since: Optional[str] = None,
-          operation: Optional[str] = None, limit: Optional[int] = None) -> List[dict]:
+          operation: Optional[str] = None, operations: Optional[Iterable[str]] = None,
+          limit: Optional[int] = None) -> List[dict]:
     """Read rows, oldest first (read-only; works while the daemon writes)."""
     path = db_path(state_dir)
     if not os.path.exists(path):
@@ -180,7 +218,18 @@ def query(state_dir: str, *, instance: Optional[str] = None, since: Optional[str
     if operation:
         where.append("operation = ?")
         args.append(operation)
-    sql = f"SELECT id, {', '.join(COLUMNS)} FROM audit"
+    if operations is not None:
+        ops = sorted(operations)
+        where.append(f"operation IN ({', '.join('?' * len(ops))})")
+        args.extend(ops)
+    try:
+        have = {r[1] for r in db.execute("PRAGMA table_info(audit)")}
+    except sqlite3.Error as err:
+        db.close()
+        raise StoreError(f"cannot read {path}: {err}") from err
+    # A database the daemon has not opened since an upgrade lacks the newer columns.
+    cols = ", ".join(c if c in have else f"NULL AS {c}" for c in COLUMNS)
+    sql = f"SELECT id, {cols} FROM audit"
     if where:
         sql += " WHERE " + " AND ".join(where)
     # Rows from the libvirt worker (events) arrive a few ms after the hook and proxy

@@ -17,6 +17,7 @@ from typing import Optional
 
 from hookd import __version__
 from hookd.errors import HookdError
+from hookd.ledger import LIFECYCLE, fold_boots
 from hookd.xmlsafe import MAX_XML_BYTES
 
 log = logging.getLogger("hookd.cli")
@@ -269,8 +270,10 @@ def cmd_audit(args) -> int:
         instance = canonical_uuid(args.instance)
         if instance is None:
             raise CliError(f"--instance {args.instance!r} is not a UUID")
-    rows = audit.query(state_dir, instance=instance, since=parse_since(args.since) if args.since else None,
-                       operation=args.operation)
+    since = parse_since(args.since) if args.since else None
+    if args.boots:
+        return _print_boots(audit.query(state_dir, instance=instance, operations=LIFECYCLE), since, args)
+    rows = audit.query(state_dir, instance=instance, since=since, operation=args.operation)
     if args.json:
         print(json.dumps(rows, indent=2))
     elif args.csv:
@@ -279,11 +282,36 @@ def cmd_audit(args) -> int:
         w.writeheader()
         w.writerows(rows)
     else:
-        table = [[str(r.get(c) if r.get(c) is not None else "-") for c in AUDIT_TABLE] for r in rows]
-        widths = [max([len(c)] + [len(row[i]) for row in table]) for i, c in enumerate(AUDIT_TABLE)]
-        print("  ".join(c.ljust(w) for c, w in zip(AUDIT_TABLE, widths)).rstrip())
-        for row in table:
-            print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        _print_table(AUDIT_TABLE, rows)
+    return EXIT_OK
+
+
+def _print_table(columns, rows) -> None:
+    table = [[str(r.get(c) if r.get(c) is not None else "-") for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in table]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+BOOT_TABLE = ("instance_uuid", "domain", "host", "serial", "started", "stopped", "seen", "stop_seen")
+
+
+def _print_boots(rows, since, args) -> int:
+    if args.operation:
+        raise CliError("--boots lists boots; it takes no --operation")
+    # Folded from the whole history, so a boot that began before --since still shows.
+    boots = [b for b in fold_boots(rows) if since is None or b.stopped is None or b.stopped >= since]
+    if args.json:
+        print(json.dumps([b.as_dict() for b in boots], indent=2))
+        return EXIT_OK
+    if args.csv:
+        import csv
+        w = csv.DictWriter(sys.stdout, fieldnames=list(BOOT_TABLE) + ["boot"])
+        w.writeheader()
+        w.writerows({k: v for k, v in b.as_dict().items() if k in BOOT_TABLE or k == "boot"} for b in boots)
+        return EXIT_OK
+    _print_table(BOOT_TABLE, [b.as_dict() for b in boots])
     return EXIT_OK
 
 
@@ -520,7 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("audit", cmd_audit, "show the audit log (works without the daemon)")
     sp.add_argument("--instance", metavar="UUID", help="only this instance")
     sp.add_argument("--since", metavar="TIME", help="ISO time or age (30m, 12h, 7d)")
-    sp.add_argument("--operation", metavar="OP", help="only this operation (prepare, define, started, ...)")
+    sp.add_argument("--operation", metavar="OP",
+                    help="only this operation (prepare, define, started, observed, stopped, ...)")
+    sp.add_argument("--boots", action="store_true",
+                    help="one line per boot: instance, host, serial, started, stopped, and whether each was "
+                         "seen as an event or after the fact (a resync after hookd or libvirt was away)")
     fmt = sp.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON")
     fmt.add_argument("--csv", action="store_true", help="print CSV (licence-compliance reports)")

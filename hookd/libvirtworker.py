@@ -9,7 +9,10 @@ over the socketpair end N (hookd.wire framing both ways). It owns:
     sweeps, since events were missed meanwhile);
   - libvirt lifecycle events, turned into audit rows (`started`, `stopped`,
     `defined`, `undefined`) that it sends to the daemon, the single writer of the
-    audit log;
+    audit log; a STARTED row carries the boot key (hookd.qemuproc);
+  - the resync for the daemon's boot ledger (hookd.ledger): after every connect,
+    once the events already queued are sent, the running domains with their boot
+    keys and serials, since libvirt does not replay the events missed meanwhile;
   - running hookd.reconciler: a sweep at start, after each reconnect, every
     `[reconcile] interval` seconds and after a configuration reload; one domain
     after its DEFINED or STARTED event; and `hookctl reconcile` on request.
@@ -42,7 +45,7 @@ from typing import Dict, Optional, Tuple
 import libvirt
 import libvirtaio
 
-from hookd import wire
+from hookd import qemuproc, wire
 from hookd.audit import now_iso
 from hookd.config import Config, load_config
 from hookd.engine import evaluate
@@ -121,11 +124,13 @@ class Worker:
         #: instance UUID -> (why, first asked): domains to reconcile one by one.
         self._domain_work: "OrderedDict[str, Tuple[str, float]]" = OrderedDict()
         self._domain_work_ready = asyncio.Event()
-        #: instance UUID -> Nova facts (name, project, flavor) from the last XML read, and
-        #: -> the serial it runs with (from its STARTED event): what STOPPED and
-        #: UNDEFINED rows carry, as there is nothing left to read then. Both bounded.
+        #: instance UUID -> Nova facts (name, project, flavor) from the last XML read:
+        #: what STOPPED and UNDEFINED rows carry, as there is nothing left to read then.
         self._facts: "OrderedDict[str, dict]" = OrderedDict()
-        self._ran_with: "OrderedDict[str, Optional[str]]" = OrderedDict()
+        #: For boot keys: libvirtd's pid (its mount namespace holds the QEMU pid files),
+        #: looked up again at every connect.
+        self._libvirtd_pid: Optional[int] = None
+        self._kernel_boot_id = qemuproc.kernel_boot_id()
         self._status_handle: Optional[asyncio.TimerHandle] = None
         self._tasks: list = []
         self.exit_code = 0
@@ -317,7 +322,11 @@ class Worker:
             else:
                 log.info("connected to libvirt at %s; subscribed to lifecycle events", self.uri)
             self._status_changed()
-            # Events were missed while we were away (or before we started).
+            why = "a reconnect to libvirt" if ever else "the worker's start"
+            self._libvirtd_pid = qemuproc.socket_peer_pid(self.config.daemon.libvirt_socket)
+            # Events were missed while we were away (or before we started): list the
+            # running domains once the events already queued are recorded.
+            self._event_queue.put_nowait(("resync", why))
             self._want_sweep("reconnected" if ever else "worker start")
             ever = True
             await self._lost.wait()
@@ -336,7 +345,15 @@ class Worker:
 
     async def _process_events(self) -> None:
         while True:
-            stamp, dom, event, detail = await self._event_queue.get()
+            item = await self._event_queue.get()
+            if item[0] == "resync":
+                if self.connected and self.conn is not None:
+                    try:
+                        await self._resync(item[1])
+                    except ReconcileError as err:
+                        self._connection_failed(err)    # the next connect resyncs
+                continue
+            stamp, dom, event, detail = item
             name, detail_name = event_names(event, detail)
             if name in RECORDED:
                 try:
@@ -348,55 +365,69 @@ class Worker:
                 # holds the guest, and its saved definition is ours to fix.
                 self._want_domain(dom.UUIDString(), f"after {name}/{detail_name} event")
 
+    async def _read_definition(self, dom, name: str) -> Tuple[Optional[dict], str]:
+        """Nova facts and the serial decision of a domain's live (started) or saved
+        (defined) XML, as audit columns, and a note for the row's detail."""
+        dname, uuid = dom.name(), dom.UUIDString()
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if name == "defined" else 0
+        try:
+            xml = dom.XMLDesc(flags)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN and not self._alive():
+                raise ReconcileError(f"libvirt connection lost: {err}") from err
+            return None, f"; definition not readable ({err.get_error_message()})"
+        note = ""
+        try:
+            pin = await self.lookup_pin(uuid)
+        except HookdError as err:
+            pin = None
+            note += f"; serial_wanted decided without the pin store ({err})"
+        try:
+            ev = evaluate(xml.encode("utf-8", "surrogatepass"), self.config.policy, rewrite=False,
+                          what=f"{name} XML of domain {dname!r}", pins=lambda _uuid: pin)
+        except HookdError as err:
+            return None, note + f"; cannot read the definition: {err}"
+        d, nova = ev.decision, ev.facts.nova
+        seen = {"nova_name": nova.name if nova else None,
+                "project": nova.project_uuid if nova else None,
+                "flavor": nova.flavor_name if nova else None,
+                "serial_seen": d.serial_current, "serial_wanted": d.serial_policy,
+                "verdict": d.verdict, "rule": d.rule}
+        note += ("; serial_seen is the saved definition's (next cold boot)" if name == "defined"
+                 else "; serial_seen is the running guest's")
+        return seen, note
+
+    def _boot_of(self, dom) -> Tuple[Optional[str], Optional[str]]:
+        """(boot key, QEMU start time) of a running domain; (None, None) once it is gone."""
+        try:
+            domain_id = dom.ID()
+        except libvirt.libvirtError:
+            return None, None
+        if domain_id is None or domain_id < 0:
+            return None, None
+        start = qemuproc.qemu_start(dom.UUIDString(), dom.name(), self._libvirtd_pid)
+        return qemuproc.boot_key(domain_id, start, self._kernel_boot_id), start.since if start else None
+
     async def _record_event(self, stamp: str, dom, name: str, detail_name: str) -> None:
         dname, uuid = dom.name(), dom.UUIDString()
         row = {"time": stamp, "operation": name, "domain": dname, "instance_uuid": uuid,
                "action": detail_name}
         what = f"libvirt event {name.upper()}/{detail_name.upper()}"
-        seen = None
         if name in ("started", "defined"):
-            flags = 0 if name == "started" else libvirt.VIR_DOMAIN_XML_INACTIVE
-            try:
-                xml = dom.XMLDesc(flags)
-            except libvirt.libvirtError as err:
-                if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN and not self._alive():
-                    raise ReconcileError(f"libvirt connection lost: {err}") from err
-                xml = None
-                what += f"; definition not readable ({err.get_error_message()})"
-            if xml is not None:
-                try:
-                    pin = await self.lookup_pin(uuid)
-                except HookdError as err:
-                    pin = None
-                    what += f"; serial_wanted decided without the pin store ({err})"
-                try:
-                    ev = evaluate(xml.encode("utf-8", "surrogatepass"), self.config.policy, rewrite=False,
-                                  what=f"{name} XML of domain {dname!r}", pins=lambda _uuid: pin)
-                except HookdError as err:
-                    what += f"; cannot read the definition: {err}"
-                else:
-                    d, nova = ev.decision, ev.facts.nova
-                    seen = {"nova_name": nova.name if nova else None,
-                            "project": nova.project_uuid if nova else None,
-                            "flavor": nova.flavor_name if nova else None,
-                            "serial_seen": d.serial_current, "serial_wanted": d.serial_policy,
-                            "verdict": d.verdict, "rule": d.rule}
-                    row.update(seen)
-                    what += ("; serial_seen is the running guest's" if name == "started"
-                             else "; serial_seen is the saved definition's (next cold boot)")
+            if name == "started":
+                # Read before the XML: a guest that stops meanwhile has no id any more.
+                row["boot"], row["since"] = self._boot_of(dom)
+            seen, note = await self._read_definition(dom, name)
+            what += note
             if seen is not None:
+                row.update(seen)
                 self._remember(self._facts, uuid, {k: seen[k] for k in FACT_KEYS})
-                if name == "started":
-                    self._remember(self._ran_with, uuid, seen["serial_seen"])
         else:
-            # Stopped or gone: nothing left to read. Name the instance as last seen, and
-            # for a stop the serial it ran with, if we saw it start.
+            # Stopped or gone: nothing left to read. Name the instance as last seen; the
+            # daemon's boot ledger adds the boot and the serial it ran with.
             facts = self._facts.pop(uuid, None) if name == "undefined" else self._facts.get(uuid)
             if facts is not None:
                 row.update(facts)
-            if name == "stopped" and uuid in self._ran_with:
-                row["serial_seen"] = self._ran_with.pop(uuid)
-                what += "; serial_seen is the serial it ran with"
         row["detail"] = what
         if name == "started":
             log.info("instance %s (%s) started (%s) with serial %r", uuid, dname, detail_name,
@@ -404,6 +435,30 @@ class Worker:
         else:
             log.debug("instance %s (%s): %s", uuid, dname, what)
         self._record(**row)
+
+    async def _resync(self, why: str) -> None:
+        """List the running domains for the daemon's boot ledger: boots whose STARTED
+        event we missed (or whose STOPPED event: they are absent) while away."""
+        try:
+            doms = self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        except libvirt.libvirtError as err:
+            raise ReconcileError(f"cannot list running domains: {err}") from err
+        running = []
+        for dom in doms:
+            boot, since = self._boot_of(dom)
+            if boot is None:
+                continue        # stopped since the list: its STOPPED event follows
+            uuid = dom.UUIDString()
+            seen, note = await self._read_definition(dom, "running")
+            row = {"domain": dom.name(), "instance_uuid": uuid, "boot": boot, "since": since,
+                   "detail": f"found running by the resync after {why}, its STARTED event missed; "
+                             f"running since {since or 'an unknown time (QEMU process not visible)'}" + note}
+            if seen is not None:
+                row.update(seen)
+                self._remember(self._facts, uuid, {k: seen[k] for k in FACT_KEYS})
+            running.append(row)
+        self._send({"op": "resync", "why": why, "running": running})
+        log.info("resync after %s: %d running domains listed for the boot ledger", why, len(running))
 
     @staticmethod
     def _remember(cache: OrderedDict, key: str, value) -> None:

@@ -6,9 +6,10 @@ hook runs, libvirt locks its domain and even list calls, and the hook is waiting
 on this daemon. This module owns spawning the worker (with one end of a
 socketpair, hookd.wire framing both ways), restarting it with backoff when it
 dies, stopping it by pid, forwarding hook notes, reloads and reconcile requests,
-keeping the latest status it reported, and writing the audit rows it sends (the
-daemon stays the audit log's single writer), and answering its pin lookups (the
-daemon owns the pin store).
+keeping the latest status it reported, writing the audit rows it sends (the
+daemon stays the audit log's single writer) through the boot ledger (hookd.ledger:
+lifecycle rows and resyncs, so that each boot is recorded once), and answering its
+pin lookups (the daemon owns the pin store).
 
 Nothing here may block or wait on the worker without a bound: the worker is
 best-effort, and hooks and the proxy keep working while it is down.
@@ -29,6 +30,7 @@ from typing import Callable, Dict, Optional
 from hookd import wire
 from hookd.audit import COLUMNS
 from hookd.errors import HookdError
+from hookd.ledger import BootLedger, RunningBoot, close_row, observe_row
 
 log = logging.getLogger("hookd.supervisor")
 
@@ -79,6 +81,10 @@ class WorkerSupervisor:
         #: The daemon's pin lookup (hookd.store.PinnedEvaluator.lookup): the worker asks
         #: for pins through us, so the daemon stays the pin store's one owner.
         self.lookup_pin: Optional[Callable[[str], Optional[str]]] = None
+        #: Open boots of this host, from the audit log: every STARTED/STOPPED row and
+        #: every resync the worker sends goes through it, so each boot is recorded once.
+        self.ledger = BootLedger.from_rows(audit.latest_lifecycle())
+        self.resyncs = 0
         self._reported: dict = {
             "events": {"uri": None, "connected": False, "reconnects": 0, "events": 0, "last_error": None},
             "reconcile": {"sweeps": 0, "fixed": 0, "last_sweep": None},
@@ -253,7 +259,9 @@ class WorkerSupervisor:
         if op == "audit":
             row = msg.get("row")
             if isinstance(row, dict):
-                self.audit.record(**{k: v for k, v in row.items() if k in _ROW_KEYS})
+                self._record_row({k: v for k, v in row.items() if k in _ROW_KEYS})
+        elif op == "resync":
+            self._resync(str(msg.get("why") or "a reconnect"), msg.get("running"))
         elif op == "status":
             for key in ("events", "reconcile"):
                 if isinstance(msg.get(key), dict):
@@ -270,6 +278,44 @@ class WorkerSupervisor:
                 fut.set_result(msg.get("result") or {"v": 1, "error": "empty answer from the libvirt worker"})
         else:
             log.error("unknown message %r from the libvirt worker; ignored", op)
+
+    def _record_row(self, row: dict) -> None:
+        op, uuid = row.get("operation"), row.get("instance_uuid")
+        if op == "started":
+            record, before = self.ledger.started(row)
+            for missed in before:
+                self.audit.record(**missed)
+            if not record:
+                log.debug("instance %s: STARTED event of boot %s already recorded by a resync", uuid,
+                          row.get("boot"))
+                return
+        elif op == "stopped" and not self.ledger.stopped(row):
+            log.info("instance %s (%s): STOPPED event for a boot not open in the audit (a resync already "
+                     "recorded its stop, or it started and stopped while hookd was away); not recorded",
+                     uuid, row.get("domain"))
+            return
+        self.audit.record(**row)
+
+    def _resync(self, why: str, running) -> None:
+        if not isinstance(running, list):
+            log.error("resync from the libvirt worker without a list of running domains; ignored")
+            return
+        boots = [RunningBoot(str(r["instance_uuid"]), str(r["boot"]),
+                             {k: v for k, v in r.items() if k in _ROW_KEYS})
+                 for r in running if isinstance(r, dict) and r.get("instance_uuid") and r.get("boot")]
+        plan = self.ledger.resync(boots)
+        self.resyncs += 1
+        for uuid, boot in plan.close:
+            self.audit.record(**close_row(uuid, boot, f"found stopped by the resync after {why}"))
+            log.warning("instance %s (%s): stopped while hookd was not watching; stop recorded after %s",
+                        uuid, boot.domain, why)
+        for r in plan.observe:
+            self.audit.record(**observe_row(r))
+            log.warning("instance %s (%s): running with serial %r, its start not recorded; boot recorded "
+                        "after %s", r.instance_uuid, r.row.get("domain"), r.row.get("serial_seen"), why)
+        log.info("boot ledger resync after %s: %d running, %d boots recorded after the fact, %d stops, "
+                 "%d already recorded", why, len(boots), len(plan.observe), len(plan.close),
+                 len(boots) - len(plan.observe))
 
     def _fail_pending(self, why: str) -> None:
         pending, self._pending = self._pending, {}
@@ -290,6 +336,8 @@ class WorkerSupervisor:
         events = dict(self._reported["events"])
         events["worker_pid"] = self._proc.pid if self.running else None
         events["worker_restarts"] = self.restarts
+        events["resyncs"] = self.resyncs
+        events["open_boots"] = len(self.ledger.open)
         if not self.running:
             events["connected"] = False
             events["last_error"] = f"libvirt worker not running ({self._down_reason})"

@@ -1,0 +1,52 @@
+"""hookd.qemuproc: the boot key from /proc (a real process standing in for QEMU)."""
+
+import os
+import subprocess
+import uuid as uuidlib
+
+from hookd import qemuproc
+
+
+def test_finds_the_process_by_uuid_and_keys_are_stable_and_distinct():
+    u = str(uuidlib.uuid4())
+    procs = [subprocess.Popen(["/bin/sh", "-c", "read x", "-uuid", u], stdin=subprocess.PIPE)]
+    other = subprocess.Popen(["/bin/sh", "-c", "read x", "-uuid", str(uuidlib.uuid4())], stdin=subprocess.PIPE)
+    try:
+        start = qemuproc.qemu_start(u, "no-such-domain", os.getpid())
+        assert start is not None and start.pid == procs[0].pid
+        again = qemuproc.qemu_start(u.upper(), "no-such-domain", None)
+        boot_id = qemuproc.kernel_boot_id()
+        assert qemuproc.boot_key(3, start, boot_id) == qemuproc.boot_key(3, again, boot_id)
+        assert qemuproc.boot_key(3, start, boot_id) != qemuproc.boot_key(4, start, boot_id)
+        assert start.since[:4].isdigit()
+    finally:
+        for p in procs + [other]:
+            p.kill()
+            p.wait()
+    assert qemuproc.qemu_start(u, "no-such-domain", None) is None
+
+
+def test_pid_file_in_libvirtds_root_is_used_and_checked_against_the_uuid(tmp_path, monkeypatch):
+    u = str(uuidlib.uuid4())
+    proc = subprocess.Popen(["/bin/sh", "-c", "read x", "-uuid", u], stdin=subprocess.PIPE)
+    try:
+        piddir = tmp_path / qemuproc.PID_DIR.lstrip("/")
+        piddir.mkdir(parents=True)
+        (piddir / "dom.pid").write_text(f"{proc.pid}\n")
+        assert qemuproc._pid_from_file(str(tmp_path), "dom") == proc.pid
+        (piddir / "dom.pid").write_text(f"{os.getpid()}\n")     # a stale pid file: not QEMU of u
+        monkeypatch.setattr(qemuproc, "_pid_from_file", lambda root, name: os.getpid())
+        assert qemuproc.find_qemu(u, "dom", None) == proc.pid   # the /proc scan finds the right one
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_socket_peer_pid(tmp_path):
+    import socket
+    path = str(tmp_path / "s")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+        srv.bind(path)
+        srv.listen(1)
+        assert qemuproc.socket_peer_pid(path) == os.getpid()
+    assert qemuproc.socket_peer_pid(str(tmp_path / "missing")) is None
