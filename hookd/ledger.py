@@ -100,12 +100,15 @@ class BootLedger:
             row["serial_seen"] = current.serial
         return True
 
-    def resync(self, running: Iterable[RunningBoot]) -> Resync:
-        """What the audit lacks, given every domain running now; updates the open set."""
+    def resync(self, running: Iterable[RunningBoot], pending: Iterable[str] = ()) -> Resync:
+        """What the audit lacks, given every domain running now; updates the open set.
+        `pending`: instances in mid-start or mid-migration, whose own event will come
+        (or the next resync): neither observed nor closed now."""
         observe, adopted = [], []
         now = {r.instance_uuid: r for r in running}
-        close = [(uuid, b) for uuid, b in self.open.items()
-                 if uuid not in now or (b.boot is not None and b.boot != now[uuid].boot)]
+        waiting = set(pending) - set(now)
+        close = [(uuid, b) for uuid, b in self.open.items() if uuid not in waiting
+                 and (uuid not in now or (b.boot is not None and b.boot != now[uuid].boot))]
         for uuid, _ in close:
             del self.open[uuid]
         for uuid, r in now.items():

@@ -86,6 +86,10 @@ CLOSE_REASONS = {getattr(libvirt, f"VIR_CONNECT_CLOSE_REASON_{r}"): r.lower()
 #: The events that become audit rows (the others are only counted).
 RECORDED = frozenset({"started", "stopped", "defined", "undefined"})
 FACT_KEYS = ("nova_name", "project", "flavor")
+#: Paused reasons of a domain that is still starting (or an incoming migration); on the
+#: migration's source the boot is already open, and the ledger leaves both alone.
+_NOT_YET_STARTED = frozenset({libvirt.VIR_DOMAIN_PAUSED_STARTING_UP, libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
+                              getattr(libvirt, "VIR_DOMAIN_PAUSED_POSTCOPY", -1)})
 #: Domains remembered for their STOPPED/UNDEFINED rows (transient ones never undefine).
 CACHE_MAX = 20000
 
@@ -443,12 +447,21 @@ class Worker:
             doms = self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
         except libvirt.libvirtError as err:
             raise ReconcileError(f"cannot list running domains: {err}") from err
-        running = []
+        running, pending = [], []
         for dom in doms:
+            uuid = dom.UUIDString()
+            try:
+                state, reason = dom.state()
+            except libvirt.libvirtError:
+                continue        # gone since the list: its STOPPED event follows
+            if state == libvirt.VIR_DOMAIN_PAUSED and reason in _NOT_YET_STARTED:
+                # Active to libvirt but not yet started (its hooks may still run): its
+                # STARTED event is still to come, and must be what records it.
+                pending.append(uuid)
+                continue
             boot, since = self._boot_of(dom)
             if boot is None:
-                continue        # stopped since the list: its STOPPED event follows
-            uuid = dom.UUIDString()
+                continue
             seen, note = await self._read_definition(dom, "running")
             row = {"domain": dom.name(), "instance_uuid": uuid, "boot": boot, "since": since,
                    "detail": f"found running by the resync after {why}, its STARTED event missed; "
@@ -457,8 +470,9 @@ class Worker:
                 row.update(seen)
                 self._remember(self._facts, uuid, {k: seen[k] for k in FACT_KEYS})
             running.append(row)
-        self._send({"op": "resync", "why": why, "running": running})
-        log.info("resync after %s: %d running domains listed for the boot ledger", why, len(running))
+        self._send({"op": "resync", "why": why, "running": running, "pending": pending})
+        log.info("resync after %s: %d running domains listed for the boot ledger%s", why, len(running),
+                 f", {len(pending)} starting or migrating" if pending else "")
 
     @staticmethod
     def _remember(cache: OrderedDict, key: str, value) -> None:

@@ -261,7 +261,7 @@ class WorkerSupervisor:
             if isinstance(row, dict):
                 self._record_row({k: v for k, v in row.items() if k in _ROW_KEYS})
         elif op == "resync":
-            self._resync(str(msg.get("why") or "a reconnect"), msg.get("running"))
+            self._resync(str(msg.get("why") or "a reconnect"), msg.get("running"), msg.get("pending"))
         elif op == "status":
             for key in ("events", "reconcile"):
                 if isinstance(msg.get(key), dict):
@@ -296,14 +296,14 @@ class WorkerSupervisor:
             return
         self.audit.record(**row)
 
-    def _resync(self, why: str, running) -> None:
+    def _resync(self, why: str, running, pending) -> None:
         if not isinstance(running, list):
             log.error("resync from the libvirt worker without a list of running domains; ignored")
             return
         boots = [RunningBoot(str(r["instance_uuid"]), str(r["boot"]),
                              {k: v for k, v in r.items() if k in _ROW_KEYS})
                  for r in running if isinstance(r, dict) and r.get("instance_uuid") and r.get("boot")]
-        plan = self.ledger.resync(boots)
+        plan = self.ledger.resync(boots, [str(u) for u in pending] if isinstance(pending, list) else ())
         self.resyncs += 1
         for uuid, boot in plan.close:
             self.audit.record(**close_row(uuid, boot, f"found stopped by the resync after {why}"))

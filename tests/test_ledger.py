@@ -80,3 +80,11 @@ def test_fold_boots_one_line_per_boot():
     assert [(b.serial, b.started, b.stopped, b.seen, b.stop_seen) for b in lines] == [
         ("A", "t1", "t2", "event", "event"),
         ("B", "t2.5", "t4", "after the fact", "after the fact")]
+
+
+def test_pending_domains_are_neither_observed_nor_closed():
+    ledger = BootLedger()
+    ledger.started(started(U1, "b1"))                       # the source end of a migration
+    plan = ledger.resync([], pending=[U1, U2])               # U2: still starting here
+    assert not plan.observe and not plan.close and list(ledger.open) == [U1]
+    assert ledger.started(started(U2, "b2")) == (True, [])   # its STARTED event records it
