@@ -378,6 +378,8 @@ def cmd_status(args) -> int:
     if ev is not None:
         print(f"libvirt     {'connected' if ev.get('connected') else 'DISCONNECTED'} to {ev.get('uri')}; "
               f"{ev.get('reconnects')} reconnects, {ev.get('events')} events")
+        print(f"boots       {ev.get('open_boots', 0)} running guests recorded; {ev.get('resyncs', 0)} resyncs "
+              "(after each connect to libvirt)")
     rec = st.get("reconcile")
     if rec is not None:
         print(f"reconcile   {rec.get('sweeps')} sweeps, {rec.get('fixed')} definitions fixed")
