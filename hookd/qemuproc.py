@@ -6,7 +6,9 @@ seen through `/proc/<libvirtd pid>/root` (the daemon's own mount namespace, whic
 not ours inside a container or the test harness), with the QEMU command line's
 `-uuid` checked against the domain; else a scan of /proc for that `-uuid`. The
 start time is /proc/<pid>/stat's starttime (clock ticks since the kernel booted),
-made unique across reboots with the kernel's boot_id.
+made unique across reboots with the kernel's boot_id. Where the QEMU process is not
+visible (it runs as libvirt-qemu and hookd's unit has ProtectProc=invisible), the
+pid file's pid and mtime (QEMU writes it as it starts) stand in for it.
 
 When no QEMU process can be found (libvirt in another pid namespace) the key falls
 back to boot_id and domain id, which is only as unique as libvirt's domain ids
@@ -22,7 +24,7 @@ import datetime as _dt
 import os
 import socket
 import struct
-from typing import Optional
+from typing import Optional, Tuple
 
 PID_DIR = "/run/libvirt/qemu"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -33,7 +35,9 @@ _STARTTIME_AFTER_COMM = 22 - 3
 @dataclasses.dataclass(frozen=True)
 class QemuStart:
     pid: int
-    ticks: int          # since the kernel booted
+    #: Its start: clock ticks since the kernel booted (/proc/PID/stat), or when the
+    #: process is not visible, "p<pid>.<pid file mtime ns>".
+    ticks: str
     since: str          # wall-clock start time, ISO 8601 UTC
 
 
@@ -82,12 +86,18 @@ def _start_ticks(pid: int) -> Optional[int]:
         return None
 
 
-def _pid_from_file(root: str, name: str) -> Optional[int]:
+def _pid_file(root: str, name: str) -> Optional[Tuple[int, int]]:
+    """(pid, mtime in ns) of libvirt's pid file for the domain: QEMU writes it at its start."""
     try:
         with open(os.path.join(root, PID_DIR.lstrip("/"), f"{name}.pid")) as f:
-            return int(f.read().strip())
+            return int(f.read().strip()), os.fstat(f.fileno()).st_mtime_ns
     except (OSError, ValueError):
         return None
+
+
+def _pid_from_file(root: str, name: str) -> Optional[int]:
+    found = _pid_file(root, name)
+    return found[0] if found is not None else None
 
 
 def _same_mount_ns(a: int, b: int) -> bool:
@@ -121,15 +131,24 @@ def _boot_time() -> Optional[float]:
     return None
 
 
+def _iso(epoch: float) -> str:
+    return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
 def qemu_start(uuid: str, name: str, libvirtd_pid: Optional[int]) -> Optional[QemuStart]:
     pid = find_qemu(uuid, name, libvirtd_pid)
     ticks = _start_ticks(pid) if pid is not None else None
-    if pid is None or ticks is None:
+    if pid is not None and ticks is not None:
+        btime = _boot_time()
+        since = "-" if btime is None else _iso(btime + ticks / os.sysconf("SC_CLK_TCK"))
+        return QemuStart(pid, f"{ticks}", since)
+    # QEMU runs as another user and hookd's unit hides such processes (ProtectProc=
+    # invisible): the pid file, root's, still says which QEMU and when it started.
+    found = _pid_file(f"/proc/{libvirtd_pid}/root" if libvirtd_pid else "/", name)
+    if found is None:
         return None
-    btime = _boot_time()
-    since = "-" if btime is None else _dt.datetime.fromtimestamp(
-        btime + ticks / os.sysconf("SC_CLK_TCK"), _dt.timezone.utc).isoformat(timespec="milliseconds")
-    return QemuStart(pid, ticks, since)
+    pid, mtime_ns = found
+    return QemuStart(pid, f"p{pid}.{mtime_ns}", _iso(mtime_ns / 1e9))
 
 
 def boot_key(domain_id: int, start: Optional[QemuStart], boot_id: str) -> str:

@@ -50,3 +50,21 @@ def test_socket_peer_pid(tmp_path):
         srv.listen(1)
         assert qemuproc.socket_peer_pid(path) == os.getpid()
     assert qemuproc.socket_peer_pid(str(tmp_path / "missing")) is None
+
+
+def test_invisible_qemu_falls_back_to_the_pid_file(tmp_path, monkeypatch):
+    """As under hookd's unit (ProtectProc=invisible, QEMU another user): /proc/<qemu> hidden."""
+    piddir = tmp_path / "run-libvirt-qemu"
+    piddir.mkdir()
+    monkeypatch.setattr(qemuproc, "PID_DIR", str(piddir))     # under "/", the root without libvirtd's pid
+    pidfile = piddir / "dom.pid"
+    pidfile.write_text("4242\n")
+    os.utime(pidfile, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    monkeypatch.setattr(qemuproc, "find_qemu", lambda uuid, name, pid: None)
+    start = qemuproc.qemu_start(str(uuidlib.uuid4()), "dom", None)
+    assert (start.pid, start.ticks, start.since) == (4242, "p4242.1700000000000000000",
+                                                     "2023-11-14T22:13:20.000+00:00")
+    key = qemuproc.boot_key(7, start, "0123456789")
+    assert key == "01234567:p4242.1700000000000000000:dom7"
+    os.utime(pidfile, ns=(1_700_000_000_000_000_001,) * 2)      # QEMU started again
+    assert qemuproc.boot_key(7, qemuproc.qemu_start("u", "dom", None), "0123456789") != key
