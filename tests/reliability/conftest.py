@@ -1,10 +1,10 @@
 """Fixtures of the reliability suite, and the fault table printed at the end of the run.
 
-Every test records what it did with ``record(fault, expected, observed)``; a row
-passes when the test that recorded it passed (or when ``ok=`` says otherwise), and
-``pytest_terminal_summary`` prints all rows as one table. The real-libvirt fixtures
-(libvirt_hosts, hookd_factory, guest_image, libvirt_env) are the integration
-suite's own.
+Every test records what it did with ``record(fault, expected, observed, ok=check)``;
+a false ``ok`` fails the test there and then, a row without one passes when the test
+that recorded it passed, and ``pytest_terminal_summary`` prints all rows as one
+table. The real-libvirt fixtures (libvirt_hosts, hookd_factory, guest_image,
+libvirt_env) are the integration suite's own.
 """
 
 from __future__ import annotations
@@ -34,18 +34,25 @@ _ROWS_KEY = pytest.StashKey[list]()
 
 @pytest.fixture
 def record(request) -> Callable[..., None]:
-    """record(fault, expected, observed, ok=None): one row of the fault table.
+    """record(fault, expected, observed, ok=None, detail=""): one row of the fault table.
 
-    Pass ok= the condition the test then asserts; ok=None rows take the test's
-    outcome. A test that fails outside its recorded checks adds a FAIL row of its own.
+    ok= is the check itself: a false ok records a FAIL row and fails the test right
+    there (AssertionError with the row, and `detail` if given, e.g. a log tail), so
+    a row cannot print PASS for a check that did not hold even if the test forgets
+    to assert it. ok=None rows take the test's outcome. A test that fails outside its
+    recorded checks adds a FAIL row of its own.
     """
     rows = request.node.stash.setdefault(_ROWS_KEY, [])
 
-    def add(fault: str, expected: str, observed: str, ok: Optional[bool] = None) -> None:
+    def add(fault: str, expected: str, observed: str, ok: Optional[bool] = None, detail: str = "") -> None:
+        __tracebackhide__ = True
         row = {"test": request.node.name, "fault": fault, "expected": expected,
                "observed": str(observed), "ok": None if ok is None else bool(ok)}
         rows.append(row)
         _ROWS.append(row)
+        if row["ok"] is False:
+            raise AssertionError(f"{fault}: expected {expected}; observed {observed}"
+                                 + (f"\n{detail}" if detail else ""))
 
     return add
 
