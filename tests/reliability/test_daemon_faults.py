@@ -7,6 +7,10 @@ served succeeds AND leaves a `prepare` row (`warn`, or `allow` after a reconcile
 fixed the saved definition); a start hookd did
 not serve is decided by the shim's on_unreachable (allow: starts with no row;
 deny: refused with "hookd is unreachable").
+
+Time bounds are on the hook's decision, not on the whole start: a started guest's
+QEMU is forked right after its prepare hook allowed it, and QEMU's own start-up under
+TCG (plus libvirt's monitor handshake) is seconds under CPU load and not the shim's.
 """
 
 from __future__ import annotations
@@ -27,6 +31,18 @@ from tests.reliability.storm import HOST_SERIAL
 pytestmark = pytest.mark.libvirt
 
 TIMEOUT = 3.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def boot_clock() -> float:
+    """CLOCK_BOOTTIME, the clock of /proc/<pid>/stat's starttime."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def forked_at(pid: int) -> float:
+    """When process `pid` was forked, on boot_clock() (to 1/CLK_TCK s, rounded down)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19]) / CLK_TCK
 
 
 @pytest.fixture
@@ -45,6 +61,7 @@ class Starter:
     def __init__(self, host, conn):
         self.host, self.conn = host, conn
         self.results = {}
+        self.called = {}        # name -> boot_clock() at the create() call
 
     def define(self, n: int = 1):
         names = []
@@ -58,6 +75,7 @@ class Starter:
 
     def _start(self, name):
         conn = self.host.connect()      # one connection per start, as concurrent Nova workers
+        self.called[name] = boot_clock()
         t0 = time.monotonic()
         try:
             conn.lookupByName(name).create()
@@ -76,7 +94,23 @@ class Starter:
     def start(self, names, timeout=60):
         for t in self.start_async(names):
             t.join(timeout)
+        hung = [n for n, _ in names if n not in self.results]
+        assert not hung, f"starts of {hung} still running after {timeout} s"
         return [self.results[n] for n, _ in names]
+
+    def decided_at(self, name) -> float:
+        """boot_clock() time of the prepare hook's decision for this start: a refused start
+        returns right after the hook; an allowed one forks its QEMU right after it."""
+        ok, _, elapsed = self.results[name]
+        if not ok:
+            return self.called[name] + elapsed
+        pids = self.host.qemu_pids()
+        assert name in pids, f"{name} started but has no running QEMU"
+        return forked_at(pids[name])
+
+    def decided_after(self, name) -> float:
+        """Seconds from the create() call to the prepare hook's decision."""
+        return self.decided_at(name) - self.called[name]
 
 
 def shim_waiting(name: str) -> list:
@@ -127,10 +161,13 @@ def test_hookd_hung_killed_restarted_stopped(stack, record):
     d.signal(signal.SIGSTOP)
     (g1,) = st.define()
     (res,) = st.start([g1])
-    record(f"hookd hung (SIGSTOP), {policy}", f"{expect_unserved} after the {TIMEOUT:g} s timeout (< {TIMEOUT + 1:g} s)",
-           f"{'started' if res[0] else 'refused'} after {res[2]:.2f} s",
-           ok=check_unserved(policy, res) and TIMEOUT <= res[2] < TIMEOUT + 1.0)
-    assert check_unserved(policy, res) and TIMEOUT <= res[2] < TIMEOUT + 1.0, res
+    decided = st.decided_after(g1[0])
+    # (the fork time is rounded down to a clock tick: TIMEOUT less one tick is the floor)
+    record(f"hookd hung (SIGSTOP), {policy}",
+           f"{expect_unserved} after the {TIMEOUT:g} s timeout (decided in [{TIMEOUT:g}, {TIMEOUT + 1:g}) s)",
+           f"{'started' if res[0] else 'refused'}: decided after {decided:.2f} s, start returned after {res[2]:.2f} s",
+           ok=check_unserved(policy, res) and TIMEOUT - 1 / CLK_TCK <= decided < TIMEOUT + 1.0)
+    assert check_unserved(policy, res) and TIMEOUT - 1 / CLK_TCK <= decided < TIMEOUT + 1.0, (res, decided)
 
     # Resumed: the request the shim gave up on is still in the socket and gets an answer
     # nobody reads; hookd must record it as expired (on_unreachable decided), not as a decision.
@@ -156,16 +193,24 @@ def test_hookd_hung_killed_restarted_stopped(stack, record):
     (g2,) = st.define()
     threads = st.start_async([g2])
     wait_for(lambda: shim_waiting(g2[0]), 10, "the shim to wait on hookd")
-    t_kill = time.monotonic()
+    t_kill = boot_clock()
+    # The shim's own deadline is at least TIMEOUT after the create() call; a kill at least
+    # a second before it leaves the connection reset, not the deadline, to decide.
+    assert t_kill - st.called[g2[0]] < TIMEOUT - 1.0, "the test found the waiting shim too late"
     kill_hookd(d)
     for t in threads:
         t.join(30)
+    assert g2[0] in st.results, "the start still runs 30 s after the kill"
     res = st.results[g2[0]]
-    after_kill = time.monotonic() - t_kill
-    record(f"hookd SIGKILLed mid-request, {policy}", f"{expect_unserved} at once (connection reset), < {TIMEOUT + 1:g} s",
-           f"{'started' if res[0] else 'refused'} {after_kill:.2f} s after the kill, {res[2]:.2f} s in all",
-           ok=check_unserved(policy, res) and res[2] < TIMEOUT + 1.0)
-    assert check_unserved(policy, res) and res[2] < TIMEOUT + 1.0, res
+    after_kill = st.decided_at(g2[0]) - t_kill
+    reset = policy == "allow" or "no answer within" not in res[1]     # deny says why it gave up
+    record(f"hookd SIGKILLed mid-request, {policy}",
+           f"{expect_unserved} at once (connection reset): decided < 1 s after the kill, before the "
+           f"{TIMEOUT:g} s deadline",
+           f"{'started' if res[0] else 'refused'}: decided {after_kill:.2f} s after the kill"
+           f"{'' if reset else ' by the deadline'}, start returned after {res[2]:.2f} s",
+           ok=check_unserved(policy, res) and after_kill < 1.0 and reset)
+    assert check_unserved(policy, res) and after_kill < 1.0 and reset, (res, after_kill)
 
     # The proxy lived in the killed process: its client's connection is gone.
     t0 = time.monotonic()
@@ -187,6 +232,7 @@ def test_hookd_hung_killed_restarted_stopped(stack, record):
     queue = list(batch)
     lock = threading.Lock()
     back = threading.Event()
+    popped = []         # names a worker took from the queue (and so started)
 
     def worker():
         after = 0
@@ -195,6 +241,7 @@ def test_hookd_hung_killed_restarted_stopped(stack, record):
                 if not queue:
                     return
                 name = queue.pop(0)[0]
+                popped.append(name)
             was_back = back.is_set()
             st._start(name)
             after += was_back
@@ -206,15 +253,18 @@ def test_hookd_hung_killed_restarted_stopped(stack, record):
     back.set()
     for t in workers:
         t.join(60)
-    batch = [g for g in batch if g[0] in st.results]
-    outcomes = [(st.results[n], served(d, u)) for n, u in batch]
-    wrong = [o for o in outcomes if not (o[0][2] < TIMEOUT + 1.0 and
-                                         ((o[1] and o[0][0]) or (not o[1] and check_unserved(policy, o[0]))))]
+    hung = [n for n in popped if n not in st.results]
+    assert not hung and not any(t.is_alive() for t in workers), f"starts still running after 60 s: {hung}"
+    batch = [g for g in batch if g[0] in popped]      # the rest of the queue was never started
+    outcomes = [(n, st.results[n], served(d, u), st.decided_after(n)) for n, u in batch]
+    wrong = [o for o in outcomes if not (o[3] < TIMEOUT + 1.0 and
+                                         ((o[2] and o[1][0]) or (not o[2] and check_unserved(policy, o[1]))))]
     record(f"hookd restarted while guests start, {policy}",
-           f"each start served (row, started) or {expect_unserved}; < {TIMEOUT + 1:g} s",
-           f"{sum(1 for o in outcomes if o[1])} served, {sum(1 for o in outcomes if not o[1])} unserved, "
-           f"{len(wrong)} wrong", ok=not wrong)
-    assert not wrong, wrong
+           f"each start served (row, started) or {expect_unserved}; decided < {TIMEOUT + 1:g} s",
+           f"{sum(1 for o in outcomes if o[2])} served, {sum(1 for o in outcomes if not o[2])} unserved, "
+           f"slowest decision {max((o[3] for o in outcomes), default=0.0):.2f} s, {len(wrong)} wrong",
+           ok=bool(batch) and not wrong)
+    assert batch and not wrong, wrong
 
     # After the restart hookd serves without any manual action: hooks and proxy.
     (g3,) = st.define()
@@ -237,9 +287,12 @@ def test_hookd_hung_killed_restarted_stopped(stack, record):
     assert d.stop() == 0
     (g4,) = st.define()
     (res,) = st.start([g4])
-    record(f"hookd stopped (SIGTERM), {policy}", f"{expect_unserved} at once", f"{'started' if res[0] else 'refused'} after {res[2]:.2f} s",
-           ok=check_unserved(policy, res) and res[2] < 1.0 + 1.0)
-    assert check_unserved(policy, res) and res[2] < 1.0 + 1.0, res
+    decided = st.decided_after(g4[0])
+    # "At once": no socket to connect to, so decided well before the shim's deadline could.
+    record(f"hookd stopped (SIGTERM), {policy}", f"{expect_unserved} at once (decided < {TIMEOUT - 1:g} s)",
+           f"{'started' if res[0] else 'refused'}: decided after {decided:.2f} s, start returned after {res[2]:.2f} s",
+           ok=check_unserved(policy, res) and decided < TIMEOUT - 1.0)
+    assert check_unserved(policy, res) and decided < TIMEOUT - 1.0, (res, decided)
     restart_hookd(d)
     (g5,) = st.define()
     (res,) = st.start([g5])
