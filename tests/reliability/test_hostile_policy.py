@@ -57,45 +57,59 @@ def check(ev):
 
 
 def evaluate_all(data: bytes):
+    """None if evaluate() refused `data` (XmlError), else how many policies rewrote it
+    (each rewrite read back and checked)."""
+    rewrites = 0
     for policy in POLICIES:
         try:
             ev = evaluate(data, policy)
         except XmlError:
-            return False
+            return None
         check(ev)
         if ev.xml is not None:
             # What hookd writes must read back as compliant with the same serial.
             again = evaluate(ev.xml, policy)
             assert again.decision.verdict != VERDICT_REWRITE, (again.decision, ev.xml[:300])
             assert again.decision.serial_current == ev.decision.serial_policy
-    return True
+            rewrites += 1
+    return rewrites
 
 
 class Tally:
     def __init__(self):
-        self.decided = self.refused = 0
+        self.decided = self.refused = self.rewritten = 0
 
     def __call__(self, data):
-        if evaluate_all(data):
-            self.decided += 1
-        else:
+        rewrites = evaluate_all(data)
+        if rewrites is None:
             self.refused += 1
+        else:
+            self.decided += 1
+            self.rewritten += rewrites
 
     def __str__(self):
-        return f"{self.decided + self.refused} inputs: {self.decided} decided, {self.refused} XmlError, no other exception"
+        return (f"{self.decided + self.refused} inputs: {self.decided} decided ({self.rewritten} rewrites read "
+                f"back), {self.refused} XmlError, no other exception")
 
 
-def run_property(record, fault, expected, strategy, examples):
+def run_property(record, fault, expected, strategy, examples, min_decided=0, min_rewritten=0):
+    """Run the property (hypothesis raises on the first input that breaks it); then the row
+    checks the inputs exercised it: at least min_decided got a decision (not XmlError) and
+    min_rewritten rewrites were read back, else every input refused would pass."""
     tally = Tally()
 
     def prop(data):
         tally(data)
     given(strategy)(settings(max_examples=examples, **SETTINGS)(prop))()
-    record(fault, expected, str(tally), ok=True)
+    record(fault, expected + (f"; >= {min_decided} inputs decided, >= {min_rewritten} rewrites read back"
+                              if min_decided or min_rewritten else ""),
+           str(tally), ok=tally.decided + tally.refused > 0 and tally.decided >= min_decided
+           and tally.rewritten >= min_rewritten)
 
 
 def test_arbitrary_bytes_raise_only_xmlerror(record):
     """evaluate() on arbitrary bytes returns a valid decision or raises XmlError, nothing else."""
+    # (random bytes are practically never a domain: all of them are refused)
     run_property(record, "arbitrary bytes to evaluate()", "XmlError or a valid decision, nothing else",
                  st.binary(max_size=2000), 400)
 
@@ -148,14 +162,14 @@ def mutated_domain(draw):
 
 def test_corpus_itself_decides():
     """The unmutated corpus decides under every policy (the mutation base is sound)."""
-    assert DOCS and all(evaluate_all(doc) for doc in DOCS)
+    assert DOCS and all(evaluate_all(doc) is not None for doc in DOCS)
 
 
 def test_near_valid_domains_raise_only_xmlerror(record):
     """Mutated Nova domains: XmlError or a decision whose serial is valid and whose rewrite reads back compliant."""
     run_property(record, "near-valid (mutated) Nova domains",
                  "XmlError or a decision with a valid serial; a rewrite reads back compliant",
-                 mutated_domain(), 600)
+                 mutated_domain(), 600, min_decided=150, min_rewritten=150)
 
 
 XML_CHARS = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\ufffe\uffff") | \
@@ -167,8 +181,12 @@ def test_tenant_names_reach_the_serial_only_when_valid(record):
     seen = {"kept": 0, "fallback": 0}
     given(name=st.text(XML_CHARS, max_size=80), flavor=st.text(XML_CHARS, min_size=1, max_size=40))(
         settings(max_examples=500, **SETTINGS)(prop_tenant(seen)))()
-    record("tenant-chosen nova:name / flavor in templates", "in the serial only when valid, else the instance UUID",
-           f"{seen['kept']} renderings kept, {seen['fallback']} fell back to the UUID; none invalid", ok=True)
+    # Both branches must have been taken: with no valid (or no invalid) rendering among
+    # the inputs the property says nothing about that branch.
+    record("tenant-chosen nova:name / flavor in templates",
+           "in the serial only when valid, else the instance UUID (both seen)",
+           f"{seen['kept']} renderings kept, {seen['fallback']} fell back to the UUID; none invalid",
+           ok=seen["kept"] > 0 and seen["fallback"] > 0)
 
 
 def prop_tenant(seen):
@@ -222,18 +240,23 @@ def test_xxe_and_entity_expansion_refused(tmp_path, record):
     secret.write_text("TOP-SECRET-MARKER")
     outcomes = {}
     for what, doc in attack_docs(str(secret)).items():
-        t0 = time.monotonic()
+        # CPU time of this thread, not wall time: an expansion would burn it, another
+        # process's load does not (a wall-clock bound fails on a busy machine).
+        t0 = time.thread_time()
         try:
             evaluate(doc, PolicyConfig())
             outcomes[what] = "ACCEPTED"
         except XmlError as err:
             outcomes[what] = "refused" if "TOP-SECRET" not in str(err) else "LEAKED"
-        assert time.monotonic() - t0 < 1.0
+        spent = time.thread_time() - t0
+        if spent >= 1.0:
+            outcomes[what] += f" after {spent:.1f} s of CPU"
     xinclude = domain(extra_blocks=f'<x xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include href="{secret}" '
                       f'parse="text"/></x>', serial="legacy")
     ev = evaluate(xinclude, PolicyConfig())
     outcomes["XInclude"] = "not processed" if b"TOP-SECRET" not in ev.xml else "PROCESSED"
-    record("XXE / entity expansion (engine)", "every DTD/entity document refused, no file read; XInclude inert",
+    record("XXE / entity expansion (engine)", "every DTD/entity document refused (< 1 s CPU), no file read; "
+           "XInclude inert",
            ", ".join(f"{k}: {v}" for k, v in outcomes.items()),
            ok=all(v in ("refused", "not processed") for v in outcomes.values()))
     assert all(v in ("refused", "not processed") for v in outcomes.values()), outcomes

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from hookd import shimwire, wire
 from hookd.rpcframe import MESSAGE_MAX, REMOTE_PROGRAM, Header, MessageType, encode
+from hookd.server import READ_TIMEOUT_S
 from tests.domains import domain
 from tests.reliability.conftest import ask, prepare_msg, status_json, wait_for
 from tests.reliability.test_hostile_policy import attack_docs
@@ -134,9 +135,10 @@ def test_hook_socket_survives_arbitrary_messages(hookd_factory, record):
     record("arbitrary messages on the hook socket (300)",
            "hookd stays up, answers or drops each one, no handler crash, serves afterwards",
            f"{seen['answered']} answered, {seen['closed']} dropped; alive; serves after: {ok_after}; "
+           f"hook_requests {st_['hook_requests']}; "
            f"handler exceptions logged: {len(bad)}" + (f" (first: {bad[0].split(' failed: ', 1)[-1][:90]})"
                                                        if bad else ""),
-           ok=ok_after and not bad)
+           ok=ok_after and st_["hook_requests"] >= seen["answered"] and not bad)
     assert ok_after and st_["hook_requests"] >= seen["answered"] and not bad, bad[:5]
 
 
@@ -156,10 +158,14 @@ def test_hook_socket_oversize_and_slow_clients(hookd_factory, record):
     dropped = time.monotonic() - t0
     logged = f"announced length {wire.MAX_MESSAGE + 1} is over the {wire.MAX_MESSAGE}-byte limit" in d.log_text()
     ok_after = ask(d.socket, prepare_msg("instance-1", domain().decode())).action == "allow"
-    record("hook socket: length > wire.MAX_MESSAGE announced", "connection dropped at once, reason logged, serves on",
+    # "At once" is: well before the READ_TIMEOUT_S (10 s) after which hookd drops a client
+    # that never sends the body it announced; a tighter wall-clock bound fails under load.
+    record("hook socket: length > wire.MAX_MESSAGE announced",
+           f"connection dropped at once (< {READ_TIMEOUT_S / 2:g} s, not after the {READ_TIMEOUT_S:g} s read "
+           "timeout), reason logged, serves on",
            f"dropped after {dropped:.2f} s, logged: {logged}, serves after: {ok_after}",
-           ok=got == b"" and dropped < 2 and logged and ok_after)
-    assert got == b"" and dropped < 2 and logged and ok_after
+           ok=got == b"" and dropped < READ_TIMEOUT_S / 2 and logged and ok_after)
+    assert got == b"" and dropped < READ_TIMEOUT_S / 2 and logged and ok_after
 
 
 def test_hook_socket_xxe_refused(hookd_factory, tmp_path, record):
