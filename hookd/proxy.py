@@ -411,17 +411,27 @@ class LibvirtProxy:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self._listen_fd is not None:
+            # An inherited (socket-activated) socket: its file belongs to whoever passed it.
+            # close() never unlinks it, and the proxy drives accept() itself rather than
+            # through asyncio's create_unix_server(), whose cleanup_socket (Python >= 3.13)
+            # would unlink it (issue #17).
             sock = socket.socket(fileno=self._listen_fd)
-            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            try:
+                listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            except OSError:
+                listening = 0
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or not listening:
                 sock.detach()
-                raise HookdError(f"listen_fd {self._listen_fd} is not a UNIX stream socket")
+                raise HookdError(f"inherited proxy socket (fd {self._listen_fd}) is not a listening "
+                                 "UNIX stream socket")
+            where = f"{self.listen_path or 'fd %d' % self._listen_fd} (inherited fd {self._listen_fd})"
         else:
             sock = self._bind(self.listen_path)
+            where = self.listen_path
         sock.setblocking(False)
         self._lsock = sock
         self._loop.add_reader(sock.fileno(), self._on_accept)
-        self._log.info("libvirt proxy listening on %s, upstream %s",
-                       self.listen_path or f"fd {self._listen_fd}", self.upstream_path)
+        self._log.info("libvirt proxy listening on %s, upstream %s", where, self.upstream_path)
 
     def _bind(self, path: str) -> socket.socket:
         parent = os.path.dirname(os.path.abspath(path))

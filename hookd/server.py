@@ -10,11 +10,13 @@ to the daemon. It does not decide anything (see hookd.hookhandler) and holds no 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import socket
 import stat
 import struct
+import sys
 from typing import Awaitable, Callable, Optional, Set
 
 from hookd import shimwire
@@ -72,6 +74,40 @@ def create_unix_listener(path: str, mode: int, gid: Optional[int] = None,
     return sock
 
 
+def adopt_listener(fd: int, what: str) -> socket.socket:
+    """An inherited descriptor as a non-blocking listening socket; a HookdError (one line)
+    if it is not a listening UNIX stream socket."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as err:
+        raise HookdError(f"inherited {what} socket (fd {fd}) is not a socket: {err.strerror}") from err
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        listening = 0
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or not listening:
+        sock.detach()
+        raise HookdError(f"inherited {what} socket (fd {fd}) is not a listening UNIX stream socket")
+    sock.setblocking(False)
+    return sock
+
+
+def keep_socket_file_kwargs(loop: asyncio.AbstractEventLoop) -> dict:
+    """Keyword arguments that stop asyncio from unlinking a UNIX server's socket file at close.
+
+    Since Python 3.13 create_unix_server() (and so start_unix_server()) takes
+    cleanup_socket=True by default and unlinks the socket's path when the server
+    closes, also for a socket passed with sock=: for an inherited (socket-activated)
+    socket that deletes systemd's socket, and clients get ENOENT until the socket unit
+    is restarted (issue #17). Older versions have no such parameter and never unlink.
+    """
+    try:
+        params = inspect.signature(loop.create_unix_server).parameters
+    except (TypeError, ValueError):         # a loop whose signature cannot be read
+        return {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+    return {"cleanup_socket": False} if "cleanup_socket" in params else {}
+
+
 class HookServer:
     def __init__(self, path: str, dispatch: Callable[[dict], Awaitable[dict]],
                  hook: Callable[[shimwire.HookRequest], shimwire.HookReply], *,
@@ -87,13 +123,15 @@ class HookServer:
         self.served = 0
 
     async def start(self) -> None:
+        extra = {}
         if self._listen_fd is not None:
-            sock = socket.socket(fileno=self._listen_fd)
-            sock.setblocking(False)
+            sock = adopt_listener(self._listen_fd, "hook")
+            # The socket's path belongs to whoever passed it (systemd): never unlink it.
+            extra = keep_socket_file_kwargs(asyncio.get_running_loop())
         else:
             sock = create_unix_listener(self.path, 0o600)
             self._created = True
-        self._server = await asyncio.start_unix_server(self._client, sock=sock, backlog=LISTEN_BACKLOG)
+        self._server = await asyncio.start_unix_server(self._client, sock=sock, backlog=LISTEN_BACKLOG, **extra)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -153,6 +191,8 @@ class HookServer:
         return await read_message(reader, head=head)
 
     def stop_accepting(self) -> None:
+        """Stop accepting. A socket hookd created is unlinked; an inherited one is left
+        listening in its owner's hands (systemd queues new clients until the next start)."""
         if self._server is not None:
             self._server.close()
         if self._created:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -22,6 +24,7 @@ from tests.conftest import REPO, hookd_env, run_hookctl
 from tests.harness.hookcall import ask_prepare, hook_request
 from tests.domains import domain
 from tests.integration.hookd_proc import HookdProcess
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -155,38 +158,268 @@ def test_status_fails_when_daemon_is_down(tmp_path):
     assert res.returncode == 1 and res.stderr.decode().startswith("hookctl: error: hookd is not reachable at ")
 
 
-def test_socket_activation_and_watchdog(tmp_path):
-    """An inherited listening fd (LISTEN_FDS) is served; WATCHDOG=1 comes when asked for."""
-    d = HookdProcess(tmp_path)
-    path = tmp_path / "activated.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(8)
-    notify = tmp_path / "n.sock"
-    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    ns.bind(str(notify))
-    ns.settimeout(20)
-    env = hookd_env(NOTIFY_SOCKET=str(notify), LISTEN_FDS="1", LISTEN_FDNAMES="hook", WATCHDOG_USEC="400000")
-    fd = listener.fileno()
+@pytest.fixture
+def short_dir():
+    """A short directory of its own: socket paths must fit in sun_path (108 bytes)."""
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix="hk-d-", dir="/tmp")
+    yield pathlib.Path(path)
+    shutil.rmtree(path, ignore_errors=True)
 
-    def to_fd3():
-        os.dup2(fd, 3)
-    # LISTEN_PID must be the daemon's own pid: set it in a shell that execs the daemon.
-    proc = subprocess.Popen(["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", sys.executable, "-m", "hookd.daemon",
-                             "--config", str(d.config)], env=env, preexec_fn=to_fd3, close_fds=False, cwd=str(REPO), stderr=subprocess.DEVNULL)
+
+@pytest.fixture
+def activated(short_dir):
+    """Factory make(**kw) -> ActivatedHookd (not started): hookd on sockets this test holds,
+    as systemd's socket units hold them; stopped by pid and the sockets released at teardown."""
+    from tests.integration.activation import ActivatedHookd
+    made = []
+
+    def make(name="hookd", **kw):
+        d = ActivatedHookd(short_dir, name=name, **kw)
+        made.append(d)
+        return d
+    yield make
+    for d in made:
+        d.stop()
+        d.release()
+
+
+@pytest.mark.parametrize("proxy", [False, True], ids=["hook-socket-only", "hook-and-proxy-sockets"])
+def test_socket_activation_serves_the_inherited_sockets_and_never_unlinks_them(activated, proxy):
+    """hookd.socket alone (the packages' default: hookd binds the proxy socket itself), or with
+    hookd-proxy.socket: the inherited sockets are served, and a stop leaves them in place."""
+    d = activated(proxy=proxy)
+    d.hold_sockets()
+    inodes = {name: os.stat(d.held_path(name)).st_ino for name in d.held}
+    d.start()
+    assert ask(d.socket, {"v": 1, "op": "status"})["pid"] == d.pid
+    log = d.log_text()
+    assert f"serving hooks on {d.socket} (inherited)" in log
+    if proxy:
+        assert f"libvirt proxy on {d.proxy_socket} (inherited)" in log
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:     # hookd accepts on it
+            s.settimeout(10)
+            s.connect(str(d.proxy_socket))
+            assert s.recv(1) == b""      # closed: this test has no libvirtd upstream
+        assert "upstream" in d.log_text()
+    assert "inherited from" not in log               # paths agree: no warning
+    assert d.stop() == 0
+    assert {name: os.stat(d.held_path(name)).st_ino for name in d.held} == inodes
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:         # still listening (held here)
+        s.settimeout(5)
+        s.connect(str(d.socket))
+
+
+def test_inherited_socket_on_another_path_is_served_with_one_warning(activated, short_dir):
+    """hookd-proxy.socket's ListenStream= and [hookd] proxy_socket differ (and hookd.socket's
+    and [hookd] socket): one warning line each naming both paths; the inherited one is served,
+    the configured one is not created."""
+    d = activated(proxy=True)
+    unit_proxy, unit_hook = short_dir / "unit-libvirt-sock", short_dir / "unit-hookd.sock"
+    d.hold_sockets(hook_path=unit_hook, proxy_path=unit_proxy)
+    d.start()
+    assert ask(unit_hook, {"v": 1, "op": "status"})["pid"] == d.pid
+    lines = [line for line in d.log_text().splitlines() if "inherited from" in line]
+    assert len(lines) == 2, lines
+    hook_line, proxy_line = sorted(lines, key=lambda line: "proxy socket" in line)
+    assert (f"hook socket inherited from hookd.socket is {unit_hook} but [hookd] socket = {d.socket}; "
+            f"serving {unit_hook}") in hook_line
+    assert (f"proxy socket inherited from hookd-proxy.socket is {unit_proxy} but [hookd] proxy_socket = "
+            f"{d.proxy_socket}; serving {unit_proxy}") in proxy_line
+    assert not d.socket.exists() and not d.proxy_socket.exists()
+    assert f"libvirt proxy on {unit_proxy} (inherited)" in d.log_text()
+    assert d.stop() == 0
+    assert unit_hook.exists() and unit_proxy.exists()
+
+
+def test_inherited_proxy_socket_of_another_group_is_one_warning(activated):
+    """SocketGroup= of hookd-proxy.socket is not [hookd] proxy_group (libvirt): the kernel
+    lets that group in, hookd's own peer check would not; said in one line."""
+    d = activated(proxy=True)
+    d.hold_sockets(proxy_gid=0)
+    d.start()
+    lines = [line for line in d.log_text().splitlines() if "inherited from" in line]
+    assert len(lines) == 1 and (f"proxy socket {d.proxy_socket} inherited from hookd-proxy.socket belongs "
+                                "to group root but [hookd] proxy_group = libvirt") in lines[0], lines
+
+
+def test_inherited_proxy_socket_with_proxy_socket_empty_is_served_with_a_warning(activated, short_dir):
+    d = activated(proxy=False)                       # [hookd] proxy_socket = (empty)
+    unit_proxy = short_dir / "unit-libvirt-sock"
+    d.hold_sockets(proxy_path=unit_proxy)
+    d.start()
+    lines = [line for line in d.log_text().splitlines() if "inherited from" in line]
+    assert len(lines) == 1 and (f"proxy socket inherited from hookd-proxy.socket ({unit_proxy}) although "
+                                "[hookd] proxy_socket is empty; serving it") in lines[0], lines
+    assert f"libvirt proxy on {unit_proxy} (inherited)" in d.log_text()
+
+
+def test_watchdog_pings_from_the_loop_and_stop_while_hookd_is_stopped(activated):
+    """WATCHDOG=1 every WATCHDOG_USEC/2 while the loop runs; none while the process is stopped
+    (SIGSTOP), which is what makes systemd (WatchdogSec=) kill and restart it; again after SIGCONT."""
+    usec = 600_000                                   # systemd's deadline: 0.6 s without a ping
+    d = activated()
+    d.hold_sockets()
+    d.start(watchdog_usec=usec)
+    t0 = time.monotonic()
+    wait_for(lambda: len(d.watchdog_pings(t0)) >= 6, 10, "six WATCHDOG=1 pings")
+    pings = d.watchdog_pings(t0)
+    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    assert max(gaps) < usec / 1e6, gaps             # each ping well inside systemd's deadline
+    assert min(gaps) > usec / 1e6 / 4, gaps          # and paced (half the deadline), not a flood
+
+    d.signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    # Absence can only be shown over a window: 5 deadlines long, systemd would have fired at the first.
+    time.sleep(5 * usec / 1e6)
+    late = d.watchdog_pings(stopped + 0.05)          # a datagram sent just before the stop may land after it
+    assert late == [], f"{len(late)} WATCHDOG=1 while stopped"
+
+    d.signal(signal.SIGCONT)
+    resumed = time.monotonic()
+    wait_for(lambda: len(d.watchdog_pings(resumed)) >= 2, 10, "pings again after SIGCONT")
+    assert ask(d.socket, {"v": 1, "op": "status"})["pid"] == d.pid
+
+
+@pytest.mark.parametrize("env,interval", [
+    ({}, None),
+    ({"WATCHDOG_USEC": "30000000"}, 15.0),                              # WatchdogSec=30: ping every 15 s
+    ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, None),           # meant for another process
+    ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "SELF"}, 15.0),
+    ({"WATCHDOG_USEC": "0"}, None),
+    ({"WATCHDOG_USEC": "soon"}, None),
+])
+def test_watchdog_interval(monkeypatch, env, interval):
+    from hookd.daemon import watchdog_interval
+    for var in ("WATCHDOG_USEC", "WATCHDOG_PID"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, str(os.getpid()) if value == "SELF" else value)
+    assert watchdog_interval() == interval
+
+
+def test_inherited_descriptors_by_name_and_order(monkeypatch):
+    """sd_listen_fds(3) as hookd reads it: names first, other sockets take the free roles in
+    descriptor order, the variables are consumed and the descriptors made close-on-exec."""
+    from hookd import daemon
+    socks = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+    saved = [os.dup(fd) for fd in (3, 4, 5)]
     try:
-        got = []
-        while not any("READY=1" in g for g in got):
-            got.append(ns.recv(4096).decode())
-        while not any("WATCHDOG=1" in g for g in got):
-            got.append(ns.recv(4096).decode())
-        assert ask(path, {"v": 1, "op": "status"})["pid"] == proc.pid
-        assert not d.socket.exists()             # it did not create its own
+        for i, s in enumerate(socks):
+            os.dup2(s.fileno(), 3 + i)               # inheritable, as a launcher passes them
+        cases = [("proxy:hook", {"proxy": 3, "hook": 4}, 2),
+                 ("hookd-proxy.socket:hook", {"proxy": 3, "hook": 4}, 2),   # an unknown name: a free role
+                 (None, {"hook": 3, "proxy": 4}, 2),                        # no names: descriptor order
+                 ("proxy:hook:extra", {"proxy": 3, "hook": 4}, 3)]
+        for names, want, n in cases:
+            monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+            monkeypatch.setenv("LISTEN_FDS", str(n))
+            if names is None:
+                monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
+            else:
+                monkeypatch.setenv("LISTEN_FDNAMES", names)
+            for fd in (3, 4, 5):
+                os.set_inheritable(fd, True)
+            assert daemon._inherited_fds() == want, names
+            assert not any(v in os.environ for v in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"))
+            assert not any(os.get_inheritable(fd) for fd in range(3, 3 + n))
+        monkeypatch.setenv("LISTEN_PID", "1")        # for another process: ignored
+        monkeypatch.setenv("LISTEN_FDS", "2")
+        assert daemon._inherited_fds() == {}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
-        ns.close()
-        listener.close()
+        for i, fd in enumerate(saved):
+            os.dup2(fd, 3 + i)
+            os.close(fd)
+        for s in socks:
+            s.close()
+
+
+class _Loop313:
+    """create_unix_server() with Python 3.13's signature (cleanup_socket=True by default)."""
+
+    def __init__(self):
+        self.kwargs = None
+
+    async def create_unix_server(self, protocol_factory, path=None, *, sock=None, backlog=100, ssl=None,
+                                 ssl_handshake_timeout=None, ssl_shutdown_timeout=None, start_serving=True,
+                                 cleanup_socket=True):
+        pass
+
+
+def test_inherited_hook_socket_asks_asyncio_not_to_unlink_it():
+    """Issue #17: Python >= 3.13 unlinks a UNIX server's socket file at close unless
+    cleanup_socket=False; hookd passes it for an inherited socket when the parameter exists."""
+    import asyncio
+    from hookd.server import keep_socket_file_kwargs
+    assert keep_socket_file_kwargs(_Loop313()) == {"cleanup_socket": False}
+    loop = asyncio.new_event_loop()
+    try:
+        want = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+        assert keep_socket_file_kwargs(loop) == want
+    finally:
+        loop.close()
+
+
+#: HookServer on an inherited socket under another interpreter; prints what is left of the file.
+_CLEANUP_CHILD = r"""
+import asyncio, os, socket, sys, types
+# hookd.server's hook path imports lxml (hookd.xmlsafe); this interpreter may not have it,
+# and serving a socket never parses XML.
+lxml = types.ModuleType("lxml"); lxml.etree = types.SimpleNamespace(XMLParser=lambda **kw: None)
+sys.modules.setdefault("lxml", lxml); sys.modules.setdefault("lxml.etree", lxml.etree)
+from hookd.server import HookServer
+path = sys.argv[1]
+
+async def serve(with_fix):
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(8)
+    held = os.dup(lsock.fileno())            # the launcher's own copy (systemd's)
+    if with_fix:
+        server = HookServer(path, None, None, listen_fd=lsock.detach())
+        await server.start()
+        server.stop_accepting()
+    else:                                    # what hookd did before: sock= and the defaults
+        server = await asyncio.start_unix_server(lambda r, w: None, sock=lsock)
+        server.close()
+    await asyncio.sleep(0)
+    left = os.path.exists(path)
+    os.close(held)
+    if left:
+        os.unlink(path)
+    return left
+
+print(asyncio.run(serve(False)), asyncio.run(serve(True)))
+"""
+
+
+def _python_313_or_later():
+    """A real Python >= 3.13 interpreter (not a pyenv shim, which may refuse to run), or None."""
+    import glob
+    import shutil
+    found = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[3-9]*/bin/python3.1[3-9]")))
+    found += [shutil.which(f"python3.{minor}") for minor in range(13, 20)]
+    for python in filter(None, found):
+        if "/shims/" in python:
+            continue
+        ok = subprocess.run([python, "-c", "import sys; assert sys.version_info >= (3, 13)"],
+                            capture_output=True, timeout=30)
+        if ok.returncode == 0:
+            return python
+    return None
+
+
+def test_inherited_hook_socket_survives_stop_under_python_3_13(short_dir):
+    """The same against a real Python >= 3.13: without cleanup_socket=False asyncio unlinks the
+    inherited socket's file at close (the bug); hookd's HookServer leaves it."""
+    python = _python_313_or_later()
+    if python is None:
+        pytest.skip("no Python >= 3.13 on this machine (the signature check above still runs)")
+    res = subprocess.run([python, "-c", _CLEANUP_CHILD, str(short_dir / "h.sock")], capture_output=True,
+                         text=True, timeout=60, env={"PYTHONPATH": str(REPO), "PATH": os.environ["PATH"]})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "True"], res.stdout   # unlinked by default; kept by hookd
 
 
 @pytest.mark.parametrize("soft,hard,want,soft_after,logged", [
