@@ -68,6 +68,32 @@ def test_socket_path_agrees_with_the_config_default_and_the_shim():
     assert sock_opt.default == SCHEMA["hookd"]["socket"][1]
 
 
+def test_proxy_socket_unit_agrees_with_the_config_defaults_and_the_daemon():
+    """hookd-proxy.socket: what [hookd] proxy_socket/proxy_group default to, the name hookd
+    looks for, hookd.service as its service; ordered before hookd.service, never required by it."""
+    from hookd.config import SCHEMA
+    from hookd.daemon import FD_NAME_PROXY, UNIT_PROXY
+    from hookd.proxy import SOCKET_MODE
+    assert UNIT_PROXY == "hookd-proxy.socket"
+    u = read_unit(UNITS / UNIT_PROXY)
+    assert one(u, "Socket", "ListenStream") == SCHEMA["hookd"]["proxy_socket"][1] == "/run/hookd/libvirt-sock"
+    assert one(u, "Socket", "SocketGroup") == SCHEMA["hookd"]["proxy_group"][1] == "libvirt"
+    assert int(one(u, "Socket", "SocketMode"), 8) == SOCKET_MODE == 0o660
+    assert one(u, "Socket", "SocketUser") == "root"
+    assert one(u, "Socket", "FileDescriptorName") == FD_NAME_PROXY
+    assert one(u, "Socket", "Service") == "hookd.service"
+    assert one(u, "Socket", "RemoveOnStop") == "yes"
+    assert one(u, "Install", "WantedBy") == "sockets.target"
+    service = read_unit(UNITS / "hookd.service")
+    assert "hookd-proxy.socket" in " ".join(service["Unit"]["After"]).split()
+    for key in ("Requires", "Wants", "BindsTo"):
+        assert not any("hookd-proxy" in v for v in service["Unit"].get(key, [])), key
+    assert "hookd-proxy.socket" not in " ".join(service["Install"].get("Also", []))   # not enabled with hookd
+    hook = read_unit(UNITS / "hookd.socket")
+    from hookd.daemon import FD_NAME_HOOK, UNIT_HOOK
+    assert UNIT_HOOK == "hookd.socket" and one(hook, "Socket", "FileDescriptorName") == FD_NAME_HOOK
+
+
 HARDENING = {
     "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes", "PrivateNetwork": "yes",
     "RestrictAddressFamilies": "AF_UNIX", "NoNewPrivileges": "yes",
@@ -119,14 +145,14 @@ def test_systemd_analyze_verify_is_clean(tmp_path):
     exe = tmp_path / "hookd"
     exe.write_text("#!/bin/sh\nexit 0\n")
     exe.chmod(0o755)
-    for name in ("hookd.socket", "hookd.service"):
+    for name in ("hookd.socket", "hookd-proxy.socket", "hookd.service"):
         text = (UNITS / name).read_text()
         if name == "hookd.service":
             assert "ExecStart=/usr/bin/hookd " in text
             text = text.replace("ExecStart=/usr/bin/hookd ", f"ExecStart={exe} ")
         (tmp_path / name).write_text(text)
     r = subprocess.run([tool, "verify", "--man=no", str(tmp_path / "hookd.socket"),
-                        str(tmp_path / "hookd.service")],
+                        str(tmp_path / "hookd-proxy.socket"), str(tmp_path / "hookd.service")],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (r.stdout + r.stderr).strip() == "", r.stdout + r.stderr
@@ -274,6 +300,10 @@ def test_debian_metadata():
     assert "install-hook --binary hooks/hookd-shim $(PKG)/etc/libvirt/hooks/qemu.d" in rules
     assert "ln -sf /usr/lib/hookd/hookd-shim $(PKG)/etc/libvirt/hooks/qemu.d/50-hookd" in rules
     assert "hardening=+all" in rules
+    for unit in ("hookd.socket", "hookd.service", "hookd-proxy.socket"):
+        assert f"packaging/systemd/{unit} $(PKG)/lib/systemd/system/{unit}" in rules, unit
+    # The proxy socket: not enabled or started by the package, not stopped by an upgrade.
+    assert "dh_installsystemd --no-enable --no-start --no-stop-on-upgrade hookd-proxy.socket" in rules
     assert re.search(r"^Architecture: any$", control, re.M) and "${shlibs:Depends}" in control
     assert "rm_conffile /etc/libvirt/hooks/qemu.d/50-hookd 0.2.0~" in (d / "hookd.maintscript").read_text()
     assert "etc/libvirt/hooks/qemu " not in rules and not rules.rstrip().endswith("hooks/qemu")
@@ -297,10 +327,15 @@ def test_rpm_spec_files_match_the_deb():
                  "%config(noreplace) %{_sysconfdir}/hookd/hookd.conf",
                  "%config(noreplace) %{_sysconfdir}/libvirt/hooks/qemu.d/50-hookd.conf",
                  "%{_sysconfdir}/libvirt/hooks/qemu.d/50-hookd\n", "%{_unitdir}/hookd.service",
-                 "%{_unitdir}/hookd.socket", "%{_mandir}/man8/hookd.8", "%{_mandir}/man8/hookctl.8",
+                 "%{_unitdir}/hookd.socket", "%{_unitdir}/hookd-proxy.socket",
+                 "%{_mandir}/man8/hookd.8", "%{_mandir}/man8/hookctl.8",
                  "%{_mandir}/man5/hookd.conf.5"):
         assert path in spec, path
     assert "try-reload-or-restart" in spec
+    assert "install -D -m 0644 packaging/systemd/hookd-proxy.socket %{buildroot}%{_unitdir}/hookd-proxy.socket" in spec
+    assert "disable hookd-proxy.socket" in spec                    # the preset leaves it off
+    assert re.search(r"^%systemd_preun .*hookd-proxy\.socket", spec, re.M)       # stopped on erase
+    assert not re.search(r"^%systemd_postun_with_restart .*hookd-proxy", spec, re.M)   # held on upgrade
     for dep in ("python3-libvirt", "python3-lxml", "python3-systemd"):
         assert re.search(rf"^Requires:\s+{dep}$", spec, re.M)
 
