@@ -302,8 +302,12 @@ def test_debian_metadata():
     assert "hardening=+all" in rules
     for unit in ("hookd.socket", "hookd.service", "hookd-proxy.socket"):
         assert f"packaging/systemd/{unit} $(PKG)/lib/systemd/system/{unit}" in rules, unit
-    # The proxy socket: not enabled or started by the package, not stopped by an upgrade.
+    # The proxy socket: not enabled or started by the package, not stopped by an upgrade, but
+    # stopped on remove (debhelper's --no-start leaves that out of its prerm snippet).
     assert "dh_installsystemd --no-enable --no-start --no-stop-on-upgrade hookd-proxy.socket" in rules
+    prerm = (d / "hookd.prerm").read_text()
+    assert "#DEBHELPER#" in prerm and prerm.startswith("#!/bin/sh\nset -e\n")
+    assert re.search(r'if \[ "\$1" = remove \].*\n\s+deb-systemd-invoke stop hookd-proxy\.socket', prerm), prerm
     assert re.search(r"^Architecture: any$", control, re.M) and "${shlibs:Depends}" in control
     assert "rm_conffile /etc/libvirt/hooks/qemu.d/50-hookd 0.2.0~" in (d / "hookd.maintscript").read_text()
     assert "etc/libvirt/hooks/qemu " not in rules and not rules.rstrip().endswith("hooks/qemu")
