@@ -16,7 +16,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-BENCHES = ("bench_policy", "bench_hook", "bench_proxy", "bench_rss") + \
+BENCHES = ("bench_policy", "bench_hook", "bench_proxy", "bench_rss", "bench_stall", "bench_fleet") + \
     (("bench_reconcile",) if (HERE / "bench_reconcile.py").exists() else ())
 
 
