@@ -1,8 +1,31 @@
-"""Pins (and a copy of the audit) in etcd v3, shared by every hypervisor.
+"""Pins and each instance's last boot in etcd v3, shared by every hypervisor.
 
 Owns the etcd client (the v3 HTTP/JSON gateway: /v3/kv/range, /v3/kv/txn,
 /v3/kv/deleterange, /v3/watch; keys and values base64) and the daemon's pin
 cache. It decides nothing.
+
+etcd holds state, never a log. Two kinds of key, both O(instances):
+
+  PREFIX/pins/UUID      the pinned serial, written once (create-if-absent);
+  PREFIX/lastboot/UUID  the instance's last boot, {"time", "host", "serial",
+                        "boot", "operation"} (compact JSON, time first),
+                        overwritten in place at every boot.
+
+Of the audit rows hookd.audit.AuditLog hands to `mirror_audit` (all of them),
+only boots count: `started` (a STARTED event) and `observed` (a boot found
+running after the fact, hookd.ledger). The per-event history stays in each
+host's SQLite audit (`hookctl audit`) and the journal. The queue of unsent boots
+holds one entry per instance, the newest: N boots of one instance during an
+outage are one write when etcd is back. It lives in memory (as the audit copy it
+replaces did): a restart during an outage loses those writes, not the history.
+
+A last boot never overwrites a newer one: the write is one transaction whose
+compare is `stored value < new value` (as bytes), and the value starts with its
+time, in one fixed-width UTC form, so bytes order as times; a key that does not
+exist yet is created by the nested transaction of the failure branch. A host
+whose clock runs ahead can hide a later boot elsewhere for as long as it is
+ahead (hosts are expected to run NTP, as Nova's own bookkeeping needs). A stored
+value that is not a hookd last boot is overwritten.
 
 Why this client: OpenStack's etcd3gw speaks the same gateway but blocks on
 `requests` and runs its watches in threads; hookd's daemon is one asyncio loop
@@ -22,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as _dt
 import errno
 import http.client
 import json
@@ -30,20 +54,26 @@ import os
 import sqlite3
 import ssl
 import urllib.parse
-from collections import deque
+from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
 from hookd.audit import now_iso
 from hookd.errors import StoreError
+from hookd.ledger import OPENS
 from hookd.model import canonical_uuid
 from hookd.store import SqlitePinStore, check_pin
 
 log = logging.getLogger("hookd.etcd")
 
 PINS = "pins/"
-AUDIT = "audit/"
+LASTBOOT = "lastboot/"
 CACHE_DB = "pins-etcd-cache.sqlite"
-AUDIT_QUEUE_MAX = 10_000
+#: Audit operations that are a boot: a STARTED event, and a running boot a resync
+#: found after the fact (`observed`).
+BOOT_OPERATIONS = OPENS
+#: Instances whose last boot waits for etcd (one entry each: the newest boot). A host
+#: runs far fewer; beyond it the oldest entry goes (counted, logged once).
+LASTBOOT_QUEUE_MAX = 10_000
 BACKOFF_MAX_S = 10.0
 
 
@@ -87,6 +117,39 @@ def _parse_pin(kv: dict, prefix: str) -> Optional[Tuple[str, dict]]:
         log.warning("etcd key %s does not hold a hookd pin; ignored", key)
         return None
     return uuid, value
+
+
+def _utc_time(text: Optional[str]) -> str:
+    """`text` (an ISO time) in one fixed-width UTC form, so that values starting with it
+    order as bytes as they do in time; now when it is not an ISO time."""
+    try:
+        t = _dt.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return now_iso()
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return t.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def lastboot_record(row: dict, host: str = "") -> Optional[Tuple[str, str]]:
+    """(instance UUID, value of PREFIX/lastboot/UUID) for an audit row that is a boot;
+    None for every other row. The value is compact JSON whose first field is the time."""
+    if row.get("operation") not in BOOT_OPERATIONS:
+        return None
+    uuid = canonical_uuid(row.get("instance_uuid"))
+    if uuid is None:
+        return None
+    return uuid, json.dumps({"time": _utc_time(row.get("time")), "host": row.get("host") or host,
+                             "serial": row.get("serial_seen"), "boot": row.get("boot"),
+                             "operation": row["operation"]}, separators=(",", ":"))
+
+
+def _is_lastboot(value: str) -> bool:
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("time"), str) and value.startswith('{"time":"')
 
 
 class _SyncClient:
@@ -225,10 +288,15 @@ class EtcdPinStore:
         self.reachable = False
         self.last_error: Optional[str] = None
         self.conflicts = 0
-        self._audit: deque = deque(maxlen=AUDIT_QUEUE_MAX)
+        #: Unsent last boots, instance UUID -> value, oldest first (one per instance).
+        self._lastboot: "OrderedDict[str, str]" = OrderedDict()
+        self.lastboot_written = 0
+        self.lastboot_stale = 0          # not written: etcd held a newer boot (another host)
+        self.lastboot_dropped = 0        # queue full: an instance's last boot was never sent
+        self._dropping = False
+        self._client = None
         self._wake: Optional[asyncio.Event] = None
         self._tasks: List[asyncio.Task] = []
-        self._audit_seq = 0
 
     # -------------------------------------------------------------- hookctl
     def _key(self, uuid: str) -> str:
@@ -342,9 +410,76 @@ class EtcdPinStore:
         return serial
 
     def mirror_audit(self, row: dict) -> None:
-        self._audit.append(row)
+        """Every audit row (hookd.audit.AuditLog.mirror). Only a boot is kept: as the
+        instance's last boot, replacing an older one still queued."""
+        record = lastboot_record(row, self.host)
+        if record is None:
+            return
+        uuid, value = record
+        queued = self._lastboot.get(uuid)
+        if queued is not None and queued > value:
+            return          # an older boot recorded late (values order as their times)
+        self._lastboot[uuid] = value
+        self._lastboot.move_to_end(uuid)
+        if len(self._lastboot) > LASTBOOT_QUEUE_MAX:
+            lost, _ = self._lastboot.popitem(last=False)
+            self.lastboot_dropped += 1
+            if not self._dropping:
+                log.warning("etcd: more than %d instances' last boots waiting; the oldest (instance %s "
+                            "first) will not reach etcd (the local audit has them)", LASTBOOT_QUEUE_MAX, lost)
+                self._dropping = True
         if self._wake is not None:
             self._wake.set()
+
+    def _lastboot_txn(self, uuid: str, value: str) -> dict:
+        """Write `value` unless etcd holds a newer (greater) one; create it when absent."""
+        key, val = _b64(self.prefix + LASTBOOT + uuid), _b64(value)
+        put = {"request_put": {"key": key, "value": val}}
+        return {"compare": [{"key": key, "result": "LESS", "target": "VALUE", "value": val}],
+                "success": [put],
+                "failure": [{"request_txn": {
+                    "compare": [{"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+                    "success": [put], "failure": [{"request_range": {"key": key}}]}}]}
+
+    async def send_lastboots(self) -> None:
+        """Send every queued last boot, oldest first (the writer loop's step; StoreError
+        when etcd fails, the rest stays queued)."""
+        while self._lastboot:
+            uuid, value = next(iter(self._lastboot.items()))
+            resp = await self._client.call("/v3/kv/txn", self._lastboot_txn(uuid, value))
+            stored = self._lastboot_outcome(resp)
+            if stored is None:
+                self.lastboot_written += 1
+            elif stored == value:
+                pass        # already there: a retry of a write whose answer was lost
+            elif _is_lastboot(stored):
+                self.lastboot_stale += 1
+                log.debug("instance %s: etcd holds a newer last boot (%s) than %s; kept", uuid, stored, value)
+            else:
+                log.warning("etcd key %s%s%s does not hold a hookd last boot; overwritten", self.prefix,
+                            LASTBOOT, uuid)
+                await self._client.call("/v3/kv/put", {"key": _b64(self.prefix + LASTBOOT + uuid),
+                                                       "value": _b64(value)})
+                self.lastboot_written += 1
+            if self._lastboot.get(uuid) == value:      # not replaced by a newer boot meanwhile
+                del self._lastboot[uuid]
+        self._dropping = False
+
+    @staticmethod
+    def _lastboot_outcome(resp: dict) -> Optional[str]:
+        """None when the transaction wrote the value, else the value etcd holds."""
+        if resp.get("succeeded"):
+            return None
+        for r in resp.get("responses", []):
+            inner = r.get("response_txn")
+            if inner is None:
+                continue
+            if inner.get("succeeded"):
+                return None
+            for rr in inner.get("responses", []):
+                for kv in rr.get("response_range", {}).get("kvs", []):
+                    return _unb64(kv.get("value", ""))
+        raise StoreError("etcd transaction neither wrote the last boot nor returned the stored one")
 
     def _set_reachable(self, ok: bool, err: Optional[Exception] = None) -> None:
         if ok and not self.reachable:
@@ -399,7 +534,7 @@ class EtcdPinStore:
                 self.cache.set(uuid, value["serial"], source=value.get("source") or "etcd")
 
     async def _writer_loop(self) -> None:
-        """Send queued pins (create-if-absent) and audit copies whenever etcd is reachable."""
+        """Send queued pins (create-if-absent) and last boots whenever etcd is reachable."""
         delay = 0.2
         while True:
             await self._wake.wait()
@@ -415,12 +550,7 @@ class EtcdPinStore:
                                     "using it instead of %r", uuid, winner, serial)
                         self.cache.set(uuid, winner, source="etcd")
                     self._queue_db.execute("DELETE FROM pending WHERE instance_uuid = ?", (uuid,))
-                while self._audit:
-                    row = self._audit[0]
-                    self._audit_seq += 1
-                    key = f"{self.prefix}{AUDIT}{self.host}/{row.get('time', now_iso())}-{self._audit_seq:06d}"
-                    await self._client.call("/v3/kv/put", {"key": _b64(key), "value": _b64(json.dumps(row))})
-                    self._audit.popleft()
+                await self.send_lastboots()
                 delay = 0.2
             except StoreError as err:
                 self._set_reachable(False, err)
@@ -430,7 +560,9 @@ class EtcdPinStore:
 
     def status(self) -> dict:
         return {"backend": self.backend, "endpoints": list(self.settings.endpoints), "reachable": self.reachable,
-                "queued": self.pending(), "audit_queued": len(self._audit), "conflicts": self.conflicts,
+                "queued": self.pending(), "lastboot_queued": len(self._lastboot),
+                "lastboot_written": self.lastboot_written, "lastboot_stale": self.lastboot_stale,
+                "lastboot_dropped": self.lastboot_dropped, "conflicts": self.conflicts,
                 "cached": len(self.cache.all()) if self.cache is not None else 0, "last_error": self.last_error}
 
     def close(self) -> None:

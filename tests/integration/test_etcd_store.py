@@ -1,15 +1,23 @@
-"""The cluster-wide pin store on a real etcd: watch, outage, queue, first writer wins."""
+"""The cluster-wide pin store on a real etcd: watch, outage, queue, first writer wins;
+each instance's last boot, one key overwritten in place."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import datetime
 import json
+import socket
 import threading
+import urllib.request
+import uuid as uuidlib
 
 import pytest
 
 from tests.conftest import run_hookctl
 from tests.harness.hookcall import ask_prepare
 from tests.domains import HOST_SERIAL, UUID, domain
+from tests.harness.guest import nova_domain_xml
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.libvirt      # real services (etcd); runs with the integration suite
@@ -60,8 +68,9 @@ def test_outage_decisions_from_cache_and_queued_pins_written_later(etcd, hookd_f
     pins = etcd.get_prefix("/hookd/pins/")
     assert pins[f"/hookd/pins/{OTHER}"]["serial"] == "KEEP-ME"
     assert pins[f"/hookd/pins/{UUID}"]["serial"] == HOST_SERIAL
-    audit = etcd.get_prefix("/hookd/audit/")
-    assert any(r.get("operation") == "pin" and r.get("instance_uuid") == OTHER for r in audit.values())
+    # the pin's audit row stays in this host's audit log; etcd holds no copy of it
+    assert any(r["operation"] == "pin" for r in d.audit(instance=OTHER))
+    assert set(etcd.get_prefix("/hookd/")) == {f"/hookd/pins/{UUID}", f"/hookd/pins/{OTHER}"}
     log = d.log_text()
     assert log.count("etcd unreachable") == 1                 # logged once, not per request
 
@@ -115,3 +124,153 @@ def test_unreachable_etcd_is_one_clear_line_for_hookctl(tmp_path):
     assert res.returncode == 1 and res.stdout == b""
     err = res.stderr.decode()
     assert err.startswith("hookctl: error: etcd unreachable (http://127.0.0.1:9:") and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------ last boots
+
+def etcd_kvs(etcd, prefix: str) -> dict:
+    """{key: (value, version)} under `prefix`; version counts the writes since the key was created."""
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    body = json.dumps({"key": base64.b64encode(prefix.encode()).decode(),
+                       "range_end": base64.b64encode(end.encode()).decode()}).encode()
+    req = urllib.request.Request(etcd.url + "/v3/kv/range", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        resp = json.loads(r.read())
+    return {base64.b64decode(kv["key"]).decode(): (json.loads(base64.b64decode(kv["value"])), int(kv["version"]))
+            for kv in resp.get("kvs", [])}
+
+
+async def until(cond, timeout: float, what: str):
+    """tests.waiting.wait_for inside an event loop (the stores under test run in it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def test_last_boot_is_one_key_per_instance_newest_wins_across_hosts(etcd, tmp_path):
+    """Two hosts' stores (the daemon's code, its loops, a real etcd) fed by real audit logs:
+    N boots of an instance leave one key with the newest boot; a migration's boot on the
+    other host replaces it, and a late older boot does not; boots queued in an outage are
+    one write; no audit keys; pins go on working; keys stay O(instances)."""
+    from hookd.audit import AuditLog
+    from hookd.config import StoreSettings
+    from hookd.etcdstore import EtcdPinStore
+    settings = StoreSettings(backend="etcd", endpoints=(etcd.url,), timeout=1.0)
+    instances = [str(uuidlib.uuid4()) for _ in range(20)]
+    t0 = datetime.datetime.now(datetime.timezone.utc)
+
+    def at(seconds: int) -> str:
+        return (t0 + datetime.timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+
+    def boot(audit, uuid, seconds, serial, operation="started"):
+        """What a host records around one boot; only `started`/`observed` is a boot."""
+        for op in ("define", "prepare", operation):
+            audit.record(operation=op, instance_uuid=uuid, serial_seen=serial, time=at(seconds), boot=f"1:{seconds}")
+        audit.record(operation="stopped", instance_uuid=uuid, serial_seen=serial, time=at(seconds + 1))
+
+    def lastboots():
+        return {k.rsplit("/", 1)[1]: v for k, v in etcd_kvs(etcd, "/hookd/lastboot/").items()}
+
+    async def go():
+        stores, audits = {}, {}
+        for h in ("hv-a", "hv-b"):
+            stores[h] = EtcdPinStore(settings, host=h, state_dir=str(tmp_path / h))
+            await stores[h].start()
+            audits[h] = AuditLog(str(tmp_path / h), host=h)
+            audits[h].mirror = stores[h].mirror_audit
+        a, b = stores["hv-a"], stores["hv-b"]
+        try:
+            await until(lambda: a.reachable and b.reachable, 15, "etcd reachable")
+            # a pin made on one host reaches the other through the watch, first writer wins
+            assert a.pin_if_absent(instances[0], "PIN-A") == "PIN-A"
+            await until(lambda: b.get(instances[0]) == "PIN-A", 15, "pin via watch")
+            assert b.pin_if_absent(instances[0], "PIN-B") == "PIN-A"
+
+            # five boots of each of 20 instances on hv-a
+            for n in range(1, 6):
+                for i, uuid in enumerate(instances):
+                    boot(audits["hv-a"], uuid, 10 * n + i % 5, f"S-{n}")
+            await until(lambda: a.status()["lastboot_queued"] == 0, 15, "hv-a's last boots sent")
+            lb = lastboots()
+            assert set(lb) == set(instances)
+            assert {v["serial"] for v, _ in lb.values()} == {"S-5"} and {v["host"] for v, _ in lb.values()} == {"hv-a"}
+            assert lb[instances[3]][0] == {"time": at(53), "host": "hv-a", "serial": "S-5", "boot": "1:53",
+                                           "operation": "started"}
+
+            # instance 0 live-migrates to hv-b: its boot there is the last boot
+            boot(audits["hv-b"], instances[0], 100, "S-5")
+            await until(lambda: lastboots()[instances[0]][0]["host"] == "hv-b", 15, "hv-b's boot in etcd")
+            version = lastboots()[instances[0]][1]
+            # hv-a learns late of a boot before the migration (a resync): it does not overwrite
+            audits["hv-a"].record(operation="observed", instance_uuid=instances[0], serial_seen="OLD", time=at(90))
+            await until(lambda: a.status()["lastboot_queued"] == 0, 15, "hv-a's late boot handled")
+            assert lastboots()[instances[0]] == ({"time": at(100), "host": "hv-b", "serial": "S-5",
+                                                 "boot": "1:100", "operation": "started"}, version)
+            assert a.status()["lastboot_stale"] == 1
+
+            # an outage: ten boots of instance 1 queue as one; one write when etcd is back
+            before = lastboots()[instances[1]][1]
+            await asyncio.to_thread(etcd.stop)
+            await until(lambda: not a.reachable, 15, "outage noticed")
+            for n in range(10):
+                boot(audits["hv-a"], instances[1], 200 + 10 * n, f"OUTAGE-{n}")
+            a.pin_if_absent(instances[1], "PIN-IN-OUTAGE")
+            assert (a.status()["lastboot_queued"], a.status()["queued"]) == (1, 1)
+            await asyncio.to_thread(etcd.start)
+            await until(lambda: a.reachable and a.status()["lastboot_queued"] == 0 and a.status()["queued"] == 0,
+                        20, "queues flushed")
+            value, after = lastboots()[instances[1]]
+            assert (value["serial"], after - before) == ("OUTAGE-9", 1)
+            await until(lambda: b.get(instances[1]) == "PIN-IN-OUTAGE", 15, "the queued pin reaches hv-b")
+            return a.status(), b.status()
+        finally:
+            for h in stores:
+                await stores[h].aclose()
+                audits[h].close()
+
+    st_a, st_b = asyncio.run(go())
+    everything = etcd.get_prefix("/hookd/")
+    assert not [k for k in everything if k.startswith("/hookd/audit/")]
+    # 20 instances, 2 pins: 22 keys, after 20 x 5 + 11 boots and four times as many audit rows
+    assert len(everything) == 22
+    assert set(etcd.get_prefix("/hookd/pins/")) == {f"/hookd/pins/{instances[0]}", f"/hookd/pins/{instances[1]}"}
+    assert st_a["lastboot_dropped"] == st_b["lastboot_dropped"] == 0
+
+
+def test_boots_of_a_real_guest_leave_one_last_boot_key(etcd, libvirt_hosts, hookd_factory, tmp_path):
+    """A real libvirtd and hookd: three boots of one guest, each with another serial, are
+    one etcd key holding the third boot; the per-event rows are in the local audit only."""
+    d = hookd_factory("hookd-a", config_extra=store_conf(etcd) + "[reconcile]\nenabled = false\n")
+    host = libvirt_hosts("a", setup_hooks=d.install_hook)
+    d.follow(host)
+    d.start()
+    wait_for(lambda: status(d)["events"]["connected"] and status(d)["store"]["reachable"], 15,
+             what="hookd connected to libvirt and etcd")
+    uid = str(uuidlib.uuid4())
+    name = f"instance-{uid[:8]}"
+    path = tmp_path / "guest.xml"
+    key = f"/hookd/lastboot/{uid}"
+    for n in range(1, 4):
+        path.write_text(nova_domain_xml(name=name, uuid=uid, serial=f"BOOT-{n}", image=None, console_log=None))
+        host.virsh("define", path)
+        host.virsh("start", name)
+        wait_for(lambda: sum(r["operation"] == "started" for r in d.audit(instance=uid)) == n, 15,
+                 what=f"started row {n}")
+        host.virsh("destroy", name)
+        wait_for(lambda: sum(r["operation"] == "stopped" for r in d.audit(instance=uid)) == n, 15,
+                 what=f"stopped row {n}")
+    wait_for(lambda: status(d)["store"]["lastboot_queued"] == 0 and
+             etcd.get_prefix(key).get(key, {}).get("serial") == "BOOT-3", 15, what="the third boot in etcd")
+    started = [r for r in d.audit(instance=uid) if r["operation"] == "started"][-1]
+    assert etcd.get_prefix("/hookd/") == {key: {"time": started["time"], "host": socket.gethostname(),
+                                                "serial": "BOOT-3", "boot": started["boot"],
+                                                "operation": "started"}}
+    assert started["boot"]                         # the boot key of the third QEMU process
+    # every row of the three boots is in this host's audit log, none of them in etcd
+    assert [r["operation"] for r in d.audit(instance=uid)] == ["defined", "prepare", "started", "stopped"] * 3
+    assert etcd_kvs(etcd, key)[key][1] == 3        # one write per boot, all to the same key
+    assert run_hookctl("pin", uid, "BOOT-3", "--config", d.config).returncode == 0
+    assert set(etcd.get_prefix("/hookd/")) == {key, f"/hookd/pins/{uid}"}
