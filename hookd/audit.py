@@ -80,7 +80,7 @@ class AuditLog:
         self.failing: Optional[str] = None
         self.dropped = 0
         self.written = 0
-        #: Called with every row as a dict (the etcd store keeps a copy of the audit).
+        #: Called with every row as a dict (the etcd store keeps each instance's last boot).
         self.mirror = None
         self._retry: Optional[asyncio.TimerHandle] = None
         try:
