@@ -50,7 +50,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.harness.libvirt_host import LibvirtHost  # noqa: E402
-from tests.integration.activation import ActivatedHookd  # noqa: E402
+from tests.integration.activation import ActivatedHookd, kill_hookd, reap_orphans  # noqa: E402
 from tests.integration.hookd_proc import HookdProcess  # noqa: E402
 
 PY = "/usr/bin/python3"
@@ -232,13 +232,9 @@ class Watchdog(threading.Thread):
             last = max(self.d.watchdog_pings(), default=armed)
             if time.monotonic() - last >= self.watchdog_s:
                 self.killed = time.monotonic()
-                self.d.proc.send_signal(signal.SIGABRT)      # WatchdogSignal=
-                self.d.proc.send_signal(signal.SIGCONT)      # kill_and_sigcont()
-                try:
-                    self.d.proc.wait(20)                       # TimeoutAbortSec= (TimeoutStopSec=20s)
-                except subprocess.TimeoutExpired:
-                    self.d.proc.kill()
-                    self.d.proc.wait(10)
+                # WatchdogSignal= (SIGABRT), then SIGCONT as systemd's kill_and_sigcont() sends;
+                # TimeoutAbortSec= (TimeoutStopSec=20s) bounds the wait.
+                self.d.kill(signal.SIGABRT, cont=True, timeout=20, reap=False)
                 if self._cancel.wait(self.restart_s):
                     return
                 self.d.start(watchdog_usec=self.usec)
@@ -351,6 +347,7 @@ def run(cap_s: float = CAP_S, short_s: float = STALL_SHORT_S) -> dict:
         call.join(watchdog_s + cap_s)
         new.join(watchdog_s + restart_s + cap_s)
         dog.join(cap_s)
+        reap_orphans(d)                                # the killed hookd's worker (systemd: its cgroup)
         res["stall_watchdog"] = {
             "stopped_after_ping_s": _r(since_ping),
             "killed_after_s": _r(dog.killed - stopped, 2) if dog.killed else None,
@@ -366,7 +363,7 @@ def run(cap_s: float = CAP_S, short_s: float = STALL_SHORT_S) -> dict:
         # -- SIGKILL, restarted RestartSec later on the held socket (systemd's Restart=on-failure).
         c = fresh()
         killed = time.monotonic()
-        d.kill(signal.SIGKILL)
+        d.kill(signal.SIGKILL, reap=False)
         call = Call(lambda: c.listAllDomains(0))
         new = Call(lambda: fresh().getLibVersion())
         time.sleep(restart_s)                         # RestartSec=
@@ -375,6 +372,7 @@ def run(cap_s: float = CAP_S, short_s: float = STALL_SHORT_S) -> dict:
         ready = time.monotonic()
         call.join(cap_s)
         new.join(cap_s)
+        reap_orphans(d)                                # the killed hookd's worker (systemd: its cgroup)
         res["kill_held_socket"] = {
             "old_connection_call": _error_text(call),
             "old_connection_call_fails_after_s": _r((call.t1 or time.monotonic()) - killed),
@@ -390,10 +388,10 @@ def run(cap_s: float = CAP_S, short_s: float = STALL_SHORT_S) -> dict:
         own_uri = f"qemu+unix:///system?socket={own.proxy_socket}"
         conns.append(clients.open(own_uri))
         killed = time.monotonic()
-        own.proc.send_signal(signal.SIGKILL)
-        own.proc.wait(15)
+        kill_hookd(own, signal.SIGKILL, reap=False)
         new = Call(lambda: clients.open(own_uri))
         new.join(cap_s)
+        reap_orphans(own)
         res["kill_own_socket"] = {"new_connection": _error_text(new),
                                   "new_connection_fails_after_s": _r((new.t1 or time.monotonic()) - killed)}
     finally:
@@ -406,6 +404,7 @@ def run(cap_s: float = CAP_S, short_s: float = STALL_SHORT_S) -> dict:
             plain.stop()
         if own is not None:
             own.stop()
+            reap_orphans(own)
         if d is not None:
             d.stop()
             d.release()

@@ -49,6 +49,57 @@ os.execv(sys.executable, [sys.executable, "-m", "hookd.daemon", *sys.argv[4:]])
 """
 
 
+def _children(pid: int) -> list:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _runs_with(pid: int, config) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return os.fsencode(str(config)) in f.read()
+    except OSError:
+        return False
+
+
+def kill_hookd(d: HookdProcess, sig: int = signal.SIGKILL, *, cont: bool = False, timeout: float = 15.0,
+               reap: bool = True) -> int:
+    """Send `sig` to hookd (by pid; then SIGCONT if `cont`, as systemd's kill does), wait for it
+    to die and return its wait status.
+
+    The processes hookd started (its libvirt worker) are orphaned by a SIGKILL or SIGABRT:
+    under systemd the unit's cgroup is killed with it; here reap_orphans() kills them by pid,
+    at once, or later (reap=False: a measurement that must not wait for it)."""
+    kids = _children(d.proc.pid)
+    d.proc.send_signal(sig)
+    if cont:
+        d.proc.send_signal(signal.SIGCONT)
+    code = d.proc.wait(timeout)
+    d.orphans = getattr(d, "orphans", []) + kids
+    if reap:
+        reap_orphans(d, timeout)
+    return code
+
+
+def reap_orphans(d: HookdProcess, timeout: float = 15.0) -> None:
+    """SIGKILL, by pid, what a killed hookd left running, each checked to run with its config."""
+    kids, d.orphans = getattr(d, "orphans", []), []
+    for pid in kids:
+        if _runs_with(pid, d.config):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout
+    while any(_runs_with(pid, d.config) for pid in kids):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"hookd's children {kids} still run {timeout}s after SIGKILL")
+        time.sleep(0.05)
+
+
 class ActivatedHookd(HookdProcess):
     """A hookd whose sockets this process holds, as systemd's socket units do."""
 
@@ -61,6 +112,7 @@ class ActivatedHookd(HookdProcess):
         self._cond = threading.Condition()
         self._reader: Optional[threading.Thread] = None
         self.timed: list = []                    # (monotonic time, message) of every notification
+        self.orphans: list = []                  # children a kill left behind, for reap_orphans()
 
     # ------------------------------------------------------------ the socket units
     def hold_sockets(self, *, hook_path=None, proxy_path=None, proxy_gid: Optional[int] = None) -> None:
@@ -175,13 +227,14 @@ class ActivatedHookd(HookdProcess):
         with self._cond:
             return [t for t, line in self.timed if line == "WATCHDOG=1" and t > since]
 
-    def kill(self, sig: int = signal.SIGKILL, timeout: float = 15.0) -> int:
-        """Send `sig` (by pid) and wait for hookd to die; returns its wait status."""
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+    def kill(self, sig: int = signal.SIGKILL, *, cont: bool = False, timeout: float = 15.0,
+             reap: bool = True) -> int:
+        """kill_hookd(self, ...): hookd, and the children it leaves behind, by pid."""
+        return kill_hookd(self, sig, cont=cont, timeout=timeout, reap=reap)
 
     def stop(self, timeout: float = 15.0) -> Optional[int]:
         code = super().stop(timeout)
+        reap_orphans(self)
         if self._reader is not None:
             self._reader.join(5)
             self._reader = None

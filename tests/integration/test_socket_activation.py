@@ -29,7 +29,7 @@ import pytest
 from tests.domains import domain
 from tests.harness.guest import nova_domain_xml
 from tests.harness.hookcall import ask_prepare
-from tests.integration.activation import ActivatedHookd
+from tests.integration.activation import ActivatedHookd, kill_hookd
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.libvirt
@@ -177,8 +177,7 @@ def test_without_a_held_socket_a_client_fails_while_hookd_is_down(libvirt_hosts,
         plain.start()
         uri = f"qemu+unix:///system?socket={plain.proxy_socket}"
         assert libvirt.open(uri).getLibVersion() > 0
-        plain.proc.send_signal(signal.SIGKILL)
-        plain.proc.wait(15)
+        kill_hookd(plain, signal.SIGKILL)
         t0 = time.monotonic()
         with pytest.raises(libvirt.libvirtError, match="Connection refused|No such file"):
             libvirt.open(uri)
