@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import sys
@@ -600,6 +601,25 @@ class Worker:
         return self.exit_code
 
 
+#: prctl(2) option: the signal this process gets when the thread that forked it exits.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> bool:
+    """SIGKILL us when the daemon dies, stopped or not. Its channel's EOF says so too, but
+    a worker that is itself stopped (SIGSTOP to the whole process group) or blocked in
+    libvirt never reads it, and outside systemd no cgroup kill cleans up after a
+    SIGKILLed daemon. False when the daemon is already gone."""
+    parent = os.getppid()
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass        # not Linux/glibc: the channel's EOF is what stops us
+    return os.getppid() == parent      # else the daemon died before prctl took hold
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="hookd-libvirtworker",
                                 description="hookd's libvirt client (events, reconciler); started by hookd")
@@ -612,6 +632,8 @@ def main(argv=None) -> int:
     # to the supervisor (and get us restarted) while the daemon is still draining.
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    if not _die_with_parent():
+        return 1
     from hookd.daemon import setup_logging
     try:
         config = load_config(args.config)

@@ -205,3 +205,25 @@ def test_unreachable_libvirt_is_reported_not_fatal(hookd_factory, tmp_path):
     assert res.returncode == 1
     assert f"reconcile: not connected to libvirt at {uri}" in res.stderr.decode()
     assert d.log_text().count("cannot connect to libvirt") == 1        # once, not per retry
+
+
+def test_worker_dies_with_a_killed_daemon_even_when_stopped(libvirt_hosts, hookd_factory, tmp_path):
+    """Outside systemd nothing kills the worker with a SIGKILLed daemon's cgroup; a stopped
+    worker never reads its channel's EOF. PDEATHSIG ends it."""
+    host, d = host_and_hookd(libvirt_hosts, hookd_factory, NO_RECONCILE)
+    pid = status(d)["events"]["worker_pid"]
+    os.kill(pid, signal.SIGSTOP)
+    d.signal(signal.SIGKILL)
+    d.proc.wait(10)
+
+    def gone():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(") ")[1][0] == "Z"   # a zombie until its reaper waits
+        except FileNotFoundError:
+            return True
+    try:
+        wait_for(gone, 10, "the stopped worker to die with the daemon")
+    finally:
+        if not gone():
+            os.kill(pid, signal.SIGKILL)
