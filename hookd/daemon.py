@@ -2,8 +2,8 @@
 
 Owns start-up and shutdown, the one asyncio event loop, configuration reloads
 (SIGHUP and inotify on the config directory; an invalid config is refused and the
-last good one stays), systemd integration (READY/STATUS/WATCHDOG, socket
-activation, the journal) and the wiring of its parts: the hook socket
+last good one stays), systemd integration (READY/STATUS/WATCHDOG and socket
+activation through hookd.sdprotocol, the journal) and the wiring of its parts: the hook socket
 (hookd.server + hookd.hookhandler), the libvirt proxy (hookd.proxy) and the audit
 log. It holds no policy logic itself.
 """
@@ -16,13 +16,13 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 import warnings
 from typing import Optional
 
 from hookd import __version__
+from hookd import sdprotocol as sd
 from hookd.audit import AuditLog
 from hookd.config import DEFAULT_CONFIG, Config, load_config
 from hookd.errors import HookdError
@@ -36,15 +36,6 @@ log = logging.getLogger("hookd")
 #: Coalesce the burst of inotify events one editor save produces into one reload.
 RELOAD_DEBOUNCE_S = 0.2
 SHUTDOWN_GRACE_S = 10.0
-#: systemd socket-activation names (FileDescriptorName=) for the two sockets.
-FD_NAME_HOOK = "hook"
-FD_NAME_PROXY = "proxy"
-#: The socket units that pass them (packaging/systemd), named in log lines.
-UNIT_HOOK = "hookd.socket"
-UNIT_PROXY = "hookd-proxy.socket"
-#: sd_listen_fds(3): passed descriptors start here.
-SD_LISTEN_FDS_START = 3
-
 
 def _under_systemd() -> bool:
     return bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
@@ -68,29 +59,6 @@ def setup_logging(level: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s hookd[%(process)d] %(levelname)s %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
-
-
-def _notify(message: str) -> None:
-    """sd_notify without ever blocking the event loop.
-
-    libsystemd's sd_notify (what systemd-python calls) sends on a blocking
-    datagram socket: if the receiver stops reading and its queue fills, the send,
-    and with it every hook waiting on this loop, hangs. A non-blocking send that
-    drops the message when the queue is full costs a lost STATUS= at worst.
-    """
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]          # abstract namespace
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.setblocking(False)
-            s.sendto(message.encode(), path)
-    except BlockingIOError:
-        log.debug("notify socket full; dropped %r", message)
-    except OSError as err:
-        log.debug("notify %r failed: %s", message, err)
 
 
 #: Descriptors kept for everything but proxy sessions: the hook socket's connections
@@ -121,142 +89,6 @@ def descriptor_budget(max_clients: int) -> int:
     return allowed
 
 
-def _inherited_fds() -> dict:
-    """Sockets passed by socket activation, by role (FD_NAME_HOOK, FD_NAME_PROXY).
-
-    The sd_listen_fds(3) protocol read directly: LISTEN_PID must be this process,
-    LISTEN_FDS descriptors start at 3, LISTEN_FDNAMES names them (FileDescriptorName=,
-    colon separated). Named sockets take their role; sockets with another name (or no
-    names at all, as from older launchers) take the free roles in descriptor order. The
-    variables are removed and the descriptors made close-on-exec, so that hookd's own
-    children (the libvirt worker) never hold the listening sockets.
-    """
-    count = os.environ.pop("LISTEN_FDS", None)
-    pid = os.environ.pop("LISTEN_PID", None)
-    names = os.environ.pop("LISTEN_FDNAMES", None)
-    if not count:
-        return {}
-    try:
-        n, owner = int(count), int(pid or "")
-    except ValueError:
-        log.warning("socket activation ignored: LISTEN_FDS=%r, LISTEN_PID=%r are not numbers", count, pid)
-        return {}
-    if owner != os.getpid() or n <= 0:
-        log.debug("socket activation variables for pid %s, not this process (%d); ignored", owner, os.getpid())
-        return {}
-    fds = list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + n))
-    labels = (names or "").split(":") if names else []
-    labels += [""] * (n - len(labels))
-    roles = (FD_NAME_HOOK, FD_NAME_PROXY)
-    found: dict = {}
-    spare = []
-    for fd, name in zip(fds, labels):
-        try:
-            os.set_inheritable(fd, False)
-        except OSError as err:
-            log.error("socket activation: descriptor %d (%s) is not open: %s; ignored", fd, name or "unnamed", err)
-            continue
-        if name in roles and name not in found:
-            found[name] = fd
-        else:
-            spare.append((fd, name))
-    for fd, name in spare:
-        free = [r for r in roles if r not in found]
-        if free:
-            found[free[0]] = fd
-        else:
-            log.warning("socket activation passed descriptor %d (%s) that hookd has no use for; ignored",
-                        fd, name or "unnamed")
-    return found
-
-
-def inherited_socket_path(fd: int) -> str:
-    """The filesystem path an inherited UNIX socket is bound to ('' if none, or not AF_UNIX)."""
-    try:
-        s = socket.socket(fileno=fd)
-    except OSError:
-        return ""
-    try:
-        if s.family != socket.AF_UNIX:
-            return ""
-        name = s.getsockname()
-    except OSError:
-        return ""
-    finally:
-        s.detach()
-    if isinstance(name, bytes):          # abstract (leading NUL) or undecodable
-        return ""
-    return name
-
-
-def _same_socket(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    try:
-        sa, sb = os.stat(a), os.stat(b)
-    except OSError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
-
-
-def check_inherited_path(what: str, fd: int, key: str, configured: str, unit: str, fix: str) -> str:
-    """The path an inherited socket is bound to; one warning line when [hookd] `key`
-    names another (or none).
-
-    The inherited socket is served either way: it is the one systemd listens on, and a
-    client queued there would otherwise wait for ever.
-    """
-    path = inherited_socket_path(fd)
-    if not configured:
-        log.warning("%s socket inherited from %s (%s) although [hookd] %s is empty; serving it. "
-                    "To turn the %s off, disable %s", what, unit, path or f"fd {fd}", key, what, unit)
-    elif not path:
-        log.warning("%s socket inherited from %s (fd %d) is not bound to a path; serving it instead of "
-                    "[hookd] %s = %s", what, unit, fd, key, configured)
-    elif not _same_socket(path, configured):
-        log.warning("%s socket inherited from %s is %s but [hookd] %s = %s; serving %s (%s). Make "
-                    "ListenStream= of %s and [hookd] %s agree", what, unit, path, key, configured, path,
-                    fix, unit, key)
-    return path or configured
-
-
-def _check_inherited_group(path: str, gid: Optional[int], group: str) -> None:
-    """One warning line when the inherited proxy socket's group (SocketGroup=) is not
-    [hookd] proxy_group, the group hookd's own peer check admits."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return
-    if gid is not None and st.st_gid != gid:
-        import grp
-        try:
-            name = grp.getgrgid(st.st_gid).gr_name
-        except KeyError:
-            name = str(st.st_gid)
-        log.warning("proxy socket %s inherited from %s belongs to group %s but [hookd] proxy_group = %s: "
-                    "hookd admits root and group %s only. Make SocketGroup= of %s and proxy_group agree",
-                    path, UNIT_PROXY, name, group, group, UNIT_PROXY)
-
-
-def watchdog_interval() -> Optional[float]:
-    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC, as sd_watchdog_enabled(3)
-    advises), or None when no watchdog is asked of this process."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    if not usec:
-        return None
-    pid = os.environ.get("WATCHDOG_PID")
-    try:
-        if pid and int(pid) != os.getpid():
-            return None
-        value = int(usec)
-    except ValueError:
-        log.warning("WATCHDOG_USEC=%r / WATCHDOG_PID=%r are not numbers; no watchdog pings", usec, pid)
-        return None
-    if value <= 0:
-        return None
-    return value / 1e6 / 2
-
-
 class Daemon:
     def __init__(self, config: Config, config_path: Optional[str]):
         self.config = config
@@ -279,7 +111,7 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         d = self.config.daemon
-        fds = _inherited_fds()          # first: made close-on-exec before anything could fork
+        fds = sd.inherited_fds()          # first: made close-on-exec before anything could fork
         self.audit = AuditLog(d.state_dir)
         try:
             self.store = open_store(self.config, host=self.audit.host)
@@ -290,9 +122,9 @@ class Daemon:
         if hasattr(self.store, "mirror_audit"):
             self.audit.mirror = self.store.mirror_audit
         self.handler = HookHandler(lambda: self.config, self.audit, self.store)
-        hook_fd = fds.get(FD_NAME_HOOK)
-        hook_path = d.socket if hook_fd is None else check_inherited_path(
-            "hook", hook_fd, "socket", d.socket, UNIT_HOOK,
+        hook_fd = fds.get(sd.FD_NAME_HOOK)
+        hook_path = d.socket if hook_fd is None else sd.check_inherited_path(
+            "hook", hook_fd, "socket", d.socket, sd.UNIT_HOOK,
             "the shim's 50-hookd.conf must name it: hookctl install-hook --socket")
         self.server = HookServer(hook_path, self.dispatch, self.handler.handle, listen_fd=hook_fd)
         await self.server.start()
@@ -300,9 +132,9 @@ class Daemon:
         self.handler.on_hook = self.worker.note_hook
         self.worker.lookup_pin = self.handler.evaluator.lookup     # the reconciler decides with pins too
         await self.worker.start()
-        proxy_fd = fds.get(FD_NAME_PROXY)
-        proxy_path = d.proxy_socket if proxy_fd is None else check_inherited_path(
-            "proxy", proxy_fd, "proxy_socket", d.proxy_socket, UNIT_PROXY,
+        proxy_fd = fds.get(sd.FD_NAME_PROXY)
+        proxy_path = d.proxy_socket if proxy_fd is None else sd.check_inherited_path(
+            "proxy", proxy_fd, "proxy_socket", d.proxy_socket, sd.UNIT_PROXY,
             "nova-compute's connection_uri must name it")
         if proxy_path:
             await self._start_proxy(proxy_path, proxy_fd)
@@ -310,7 +142,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.schedule_reload, "SIGHUP")
         self._watch_config(loop)
-        interval = watchdog_interval()
+        interval = sd.watchdog_interval()
         watchdog = asyncio.create_task(self._watchdog(interval)) if interval else None
 
         def served(path, fd):
@@ -319,10 +151,10 @@ class Daemon:
                  __version__, served(hook_path, hook_fd),
                  f", libvirt proxy on {served(proxy_path, proxy_fd)}" if self.proxy else "",
                  self.config.policy.mode, len(self.config.policy.rules), self.config.on_mismatch)
-        _notify("READY=1")
+        sd.notify("READY=1")
         self._notify_status()
         await self._stop.wait()
-        _notify("STOPPING=1")
+        sd.notify("STOPPING=1")
         log.info("stopping: no new connections; finishing %d in-flight requests", self.server.in_flight)
         self.server.stop_accepting()
         if self.proxy is not None:
@@ -346,7 +178,7 @@ class Daemon:
         rewriter = DefinitionRewriter(lambda: self.config, self.audit, self.store)
         gid = resolve_group(d.proxy_group)
         if fd is not None:
-            _check_inherited_group(path, gid, d.proxy_group)
+            sd.check_inherited_group(path, gid, d.proxy_group)
         self.proxy = LibvirtProxy(listen_path=path, upstream_path=d.libvirt_socket,
                                   rewrite=rewriter.rewrite, on_error=rewriter.on_error,
                                   allowed_gid=gid, listen_fd=fd,
@@ -357,7 +189,7 @@ class Daemon:
         """WATCHDOG=1 from the event loop itself: a loop that stalls (blocked, or the
         process stopped) stops pinging, and systemd (WatchdogSec=) kills and restarts it."""
         while True:
-            _notify("WATCHDOG=1")
+            sd.notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
     # ------------------------------------------------------------- requests
@@ -397,7 +229,7 @@ class Daemon:
 
     def _notify_status(self) -> None:
         counters = self.handler.counters
-        _notify("STATUS=" + f"mode {self.config.policy.mode}; {self.server.served} hook requests; "
+        sd.notify("STATUS=" + f"mode {self.config.policy.mode}; {self.server.served} hook requests; "
                 f"{counters.get('rewrite', 0)} out of policy, {counters.get('denied', 0)} denied"
                 + (f"; {self.proxy.stats.get('definitions_rewritten', 0)} definitions rewritten"
                    if self.proxy is not None else ""))
@@ -410,7 +242,7 @@ class Daemon:
 
     def reload(self, why: str) -> bool:
         self._reload_handle = None
-        _notify("RELOADING=1")
+        sd.notify("RELOADING=1")
         try:
             new = load_config(self.config_path)
         except HookdError as err:
@@ -418,7 +250,7 @@ class Daemon:
             self.last_reload_error = str(err)
             log.error("configuration reload (%s) rejected: %s; the previous configuration stays in force",
                       why, err)
-            _notify("READY=1")
+            sd.notify("READY=1")
             return False
         if new.daemon != self.config.daemon:
             log.warning("configuration reload (%s): [hookd] changes take effect at the next restart", why)
@@ -432,7 +264,7 @@ class Daemon:
         self.last_reload_error = None
         log.info("configuration reloaded (%s) from %s: mode %s, %d rules, on_mismatch %s", why,
                  ", ".join(new.sources), new.policy.mode, len(new.policy.rules), new.on_mismatch)
-        _notify("READY=1")
+        sd.notify("READY=1")
         self._notify_status()
         return True
 

@@ -291,7 +291,7 @@ def test_watchdog_pings_from_the_loop_and_stop_while_hookd_is_stopped(activated)
     ({"WATCHDOG_USEC": "soon"}, None),
 ])
 def test_watchdog_interval(monkeypatch, env, interval):
-    from hookd.daemon import watchdog_interval
+    from hookd.sdprotocol import watchdog_interval
     for var in ("WATCHDOG_USEC", "WATCHDOG_PID"):
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
@@ -302,7 +302,7 @@ def test_watchdog_interval(monkeypatch, env, interval):
 def test_inherited_descriptors_by_name_and_order(monkeypatch):
     """sd_listen_fds(3) as hookd reads it: names first, other sockets take the free roles in
     descriptor order, the variables are consumed and the descriptors made close-on-exec."""
-    from hookd import daemon
+    from hookd import sdprotocol
     socks = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
     saved = [os.dup(fd) for fd in (3, 4, 5)]
     try:
@@ -321,12 +321,12 @@ def test_inherited_descriptors_by_name_and_order(monkeypatch):
                 monkeypatch.setenv("LISTEN_FDNAMES", names)
             for fd in (3, 4, 5):
                 os.set_inheritable(fd, True)
-            assert daemon._inherited_fds() == want, names
+            assert sdprotocol.inherited_fds() == want, names
             assert not any(v in os.environ for v in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"))
             assert not any(os.get_inheritable(fd) for fd in range(3, 3 + n))
         monkeypatch.setenv("LISTEN_PID", "1")        # for another process: ignored
         monkeypatch.setenv("LISTEN_FDS", "2")
-        assert daemon._inherited_fds() == {}
+        assert sdprotocol.inherited_fds() == {}
     finally:
         for i, fd in enumerate(saved):
             os.dup2(fd, 3 + i)

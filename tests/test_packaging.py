@@ -72,7 +72,7 @@ def test_proxy_socket_unit_agrees_with_the_config_defaults_and_the_daemon():
     """hookd-proxy.socket: what [hookd] proxy_socket/proxy_group default to, the name hookd
     looks for, hookd.service as its service; ordered before hookd.service, never required by it."""
     from hookd.config import SCHEMA
-    from hookd.daemon import FD_NAME_PROXY, UNIT_PROXY
+    from hookd.sdprotocol import FD_NAME_PROXY, UNIT_PROXY
     from hookd.proxy import SOCKET_MODE
     assert UNIT_PROXY == "hookd-proxy.socket"
     u = read_unit(UNITS / UNIT_PROXY)
@@ -90,7 +90,7 @@ def test_proxy_socket_unit_agrees_with_the_config_defaults_and_the_daemon():
         assert not any("hookd-proxy" in v for v in service["Unit"].get(key, [])), key
     assert "hookd-proxy.socket" not in " ".join(service["Install"].get("Also", []))   # not enabled with hookd
     hook = read_unit(UNITS / "hookd.socket")
-    from hookd.daemon import FD_NAME_HOOK, UNIT_HOOK
+    from hookd.sdprotocol import FD_NAME_HOOK, UNIT_HOOK
     assert UNIT_HOOK == "hookd.socket" and one(hook, "Socket", "FileDescriptorName") == FD_NAME_HOOK
 
 
