@@ -207,18 +207,9 @@ class _AsyncClient:
 
     async def _send(self, path: str, body: dict):
         url, reader, writer = await self._open()
-        payload = json.dumps(body).encode()
-        writer.write(f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        writer.write(http_post(url.netloc, path, body))
         await writer.drain()
-        status_line = await reader.readline()
-        headers = {}
-        while True:
-            line = await reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            k, _, v = line.decode("latin-1").partition(":")
-            headers[k.strip().lower()] = v.strip()
+        status_line, headers = await read_response_head(reader)
         parts = status_line.split()
         if len(parts) < 2 or parts[1] != b"200":
             writer.close()
@@ -229,11 +220,7 @@ class _AsyncClient:
         async def go():
             reader, writer, headers = await self._send(path, body)
             try:
-                if "content-length" in headers:
-                    data = await reader.readexactly(int(headers["content-length"]))
-                else:
-                    data = b"".join([chunk async for chunk in _chunks(reader)])
-                return json.loads(data or b"{}")
+                return json.loads(await read_body(reader, headers) or b"{}")
             finally:
                 writer.close()
         try:
@@ -257,6 +244,32 @@ class _AsyncClient:
                         yield json.loads(line)
         finally:
             writer.close()
+
+
+def http_post(host: str, path: str, body: dict) -> bytes:
+    """One HTTP/1.1 POST of a JSON body to etcd's gRPC gateway."""
+    payload = json.dumps(body).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+
+
+async def read_response_head(reader) -> Tuple[bytes, dict]:
+    """The status line and the headers (lower-case names) of an HTTP/1.1 response."""
+    status_line = await reader.readline()
+    headers = {}
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        k, _, v = line.decode("latin-1").partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status_line, headers
+
+
+async def read_body(reader, headers: dict) -> bytes:
+    if "content-length" in headers:
+        return await reader.readexactly(int(headers["content-length"]))
+    return b"".join([chunk async for chunk in _chunks(reader)])
 
 
 async def _chunks(reader):

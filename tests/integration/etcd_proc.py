@@ -18,7 +18,9 @@ def free_port() -> int:
 
 
 class EtcdProcess:
-    def __init__(self, workdir: pathlib.Path):
+    def __init__(self, workdir: pathlib.Path, extra=()):
+        """extra: more etcd flags (bench/bench_fleet.py raises the quota)."""
+        self.extra = list(extra)
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.client_port = free_port()
@@ -33,7 +35,7 @@ class EtcdProcess:
         self.proc = subprocess.Popen(
             ["etcd", "--name", "t", "--data-dir", str(self.dir / "data"), "--listen-client-urls", self.url,
              "--advertise-client-urls", self.url, "--listen-peer-urls", peer, "--initial-advertise-peer-urls",
-             peer, "--initial-cluster", f"t={peer}"],
+             peer, "--initial-cluster", f"t={peer}", *self.extra],
             stdout=subprocess.DEVNULL, stderr=open(self.dir / "etcd.log", "ab"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -53,7 +55,7 @@ class EtcdProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(30)     # a bench's etcd of a GiB takes a while to close
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
