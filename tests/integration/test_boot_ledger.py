@@ -5,7 +5,8 @@ itself and libvirtd are each taken away while guests start and stop; after recov
 `hookctl audit --boots` must hold exactly one boot per guest start, with the serial
 the guest printed from its own DMI table, and the stops that happened meanwhile.
 Boots found after the fact are `observed` rows; stops found after the fact are
-`stopped` rows with action `resync`. A second resync adds nothing. The reconciler
+`stopped` rows with action `resync`. A second resync adds nothing. One test runs with
+a real etcd as the pin store: the boot found after the fact is the last boot there. The reconciler
 is off so that each guest keeps the serial its definition has (S-<label>, not the
 policy's): the ledger must record what the guest runs with.
 """
@@ -20,6 +21,7 @@ import uuid as uuidlib
 import pytest
 
 from tests.harness.guest import nova_domain_xml, read_guest_serial
+from tests.integration.test_etcd_store import store_conf
 from tests.integration.test_events import NO_RECONCILE, host_and_hookd, start_hookd, status
 from tests.waiting import wait_for
 
@@ -103,8 +105,9 @@ def test_worker_killed_while_guests_start_and_stop(libvirt_hosts, hookd_factory,
     assert len(boots(d)) == 2
 
 
-def test_hookd_killed_while_guests_start_and_stop(libvirt_hosts, hookd_factory, tmp_path, guest_image):
-    host, d = host_and_hookd(libvirt_hosts, hookd_factory, NO_RECONCILE)
+def test_hookd_killed_while_guests_start_and_stop(libvirt_hosts, hookd_factory, tmp_path, guest_image, etcd):
+    """With the etcd store: the boot found after the fact is also the instance's last boot there."""
+    host, d = host_and_hookd(libvirt_hosts, hookd_factory, NO_RECONCILE + store_conf(etcd))
     g = Guests(host, tmp_path, guest_image)
     a, a_uid = g.define("a")
     c, c_uid = g.define("c", boots_linux=True)
@@ -122,6 +125,10 @@ def test_hookd_killed_while_guests_start_and_stop(libvirt_hosts, hookd_factory, 
     assert (boot_c["serial"], boot_c["seen"], boot_c["stopped"]) == (printed, "after the fact", None)
     [boot_a] = boots_of(d, a_uid)
     assert boot_a["stop_seen"] == "after the fact" and boot_a["stopped"]
+    key = f"/hookd/lastboot/{c_uid}"
+    wait_for(lambda: etcd.get_prefix(key).get(key), 15, "c's last boot in etcd")
+    last = etcd.get_prefix(key)[key]
+    assert (last["serial"], last["operation"], last["boot"]) == (printed, "observed", boot_c["boot"])
 
     # hookd restarted cleanly: its resync finds every boot already recorded.
     d.stop()
