@@ -374,6 +374,9 @@ def cmd_status(args) -> int:
               f"{proxy.get('definitions_rewritten')} of {proxy.get('definitions_seen')} definitions rewritten, "
               f"{proxy.get('clients_refused')} refused, {proxy.get('clients_over_limit', 0)} over the "
               f"client limit, {proxy.get('errors')} errors")
+        up = proxy.get("upstream")
+        if isinstance(up, dict):
+            print(f"upstream    {up.get('why')}")
     ev = st.get("events")
     if ev is not None:
         print(f"libvirt     {'connected' if ev.get('connected') else 'DISCONNECTED'} to {ev.get('uri')}; "

@@ -133,6 +133,15 @@ def _path(s: Setting) -> str:
     return s.value
 
 
+def _socket_or_auto(s: Setting) -> str:
+    """An absolute path, or `auto` (hookd.upstream: virtqemud's socket if present, else libvirtd's)."""
+    if s.value == "auto":
+        return s.value
+    if not s.value:
+        raise ConfigError("expected auto or an absolute path, got nothing", s.path, s.line)
+    return _path(s)
+
+
 def _text(s: Setting) -> str:
     return s.value
 
@@ -191,7 +200,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable, object]]] = {
         "state_dir": (_path, "/var/lib/hookd"),
         "log_level": (_choice(*LOG_LEVELS), "info"),
         "proxy_socket": (_path, "/run/hookd/libvirt-sock"),
-        "libvirt_socket": (_path, "/run/libvirt/libvirt-sock"),
+        "libvirt_socket": (_socket_or_auto, "auto"),
         "proxy_group": (_group, "libvirt"),
         "proxy_max_clients": (_int(1, 65536), 256),
         "libvirt_uri": (_text, "qemu:///system"),
@@ -222,7 +231,7 @@ class DaemonSettings:
     state_dir: str = "/var/lib/hookd"
     log_level: str = "info"
     proxy_socket: str = "/run/hookd/libvirt-sock"
-    libvirt_socket: str = "/run/libvirt/libvirt-sock"
+    libvirt_socket: str = "auto"
     proxy_group: str = "libvirt"
     proxy_max_clients: int = 256
     libvirt_uri: str = "qemu:///system"

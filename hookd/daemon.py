@@ -23,6 +23,7 @@ from typing import Optional
 
 from hookd import __version__
 from hookd import sdprotocol as sd
+from hookd import upstream
 from hookd.audit import AuditLog
 from hookd.config import DEFAULT_CONFIG, Config, load_config
 from hookd.errors import HookdError
@@ -179,7 +180,10 @@ class Daemon:
         gid = resolve_group(d.proxy_group)
         if fd is not None:
             sd.check_inherited_group(path, gid, d.proxy_group)
-        self.proxy = LibvirtProxy(listen_path=path, upstream_path=d.libvirt_socket,
+        first = upstream.resolve(d.libvirt_socket)
+        (log.info if first.found else log.warning)("libvirt proxy upstream: %s", first.why)
+        self.proxy = LibvirtProxy(listen_path=path,
+                                  upstream_path=lambda: upstream.resolve(d.libvirt_socket).path,
                                   rewrite=rewriter.rewrite, on_error=rewriter.on_error,
                                   allowed_gid=gid, listen_fd=fd,
                                   max_clients=descriptor_budget(d.proxy_max_clients))
@@ -211,6 +215,9 @@ class Daemon:
     def status(self) -> dict:
         c = self.config
         proxy = dict(self.proxy.stats) if self.proxy is not None else None
+        if proxy is not None:
+            up = upstream.resolve(c.daemon.libvirt_socket)
+            proxy["upstream"] = {"path": up.path, "daemon": up.daemon, "why": up.why}
         return {
             "v": 1, "version": __version__, "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),

@@ -304,14 +304,29 @@ def check_daemon(cfg) -> Tuple[Check, Optional[dict]]:
     return Check(OK, "daemon", finding), st
 
 
-def check_libvirt_socket(cfg) -> Check:
+def check_libvirt_socket(cfg, exists=os.path.exists) -> Check:
+    """The proxy's upstream, and whether it is the daemon that runs the qemu hooks: on a
+    modular host (virtqemud-sock present) that is virtqemud, and libvirt-sock is
+    virtproxyd's, one more hop in front of it."""
+    from hookd import upstream
     from hookd.config import DaemonSettings
-    path = (cfg.daemon if cfg is not None else DaemonSettings()).libvirt_socket
-    why = _socket_answers(path)
+    up = upstream.resolve((cfg.daemon if cfg is not None else DaemonSettings()).libvirt_socket, exists)
+    hooks_run_in = "virtqemud" if exists(upstream.MODULAR_SOCKET) else "libvirtd"
+    if not up.found:
+        return Check(FAIL, "libvirt-socket", up.why,
+                     "start libvirt's QEMU daemon (systemctl start virtqemud.socket, or libvirtd), "
+                     "or set [hookd] libvirt_socket")
+    why = _socket_answers(up.path)
     if why:
-        return Check(FAIL, "libvirt-socket", f"{path} {why}",
-                     "start libvirtd (systemctl start libvirtd), or set [hookd] libvirt_socket")
-    return Check(OK, "libvirt-socket", f"{path} accepts connections")
+        return Check(FAIL, "libvirt-socket", f"{up.path} {why}",
+                     f"start {hooks_run_in} (systemctl start {hooks_run_in}), or set [hookd] libvirt_socket")
+    if hooks_run_in == "virtqemud" and up.path != upstream.MODULAR_SOCKET:
+        return Check(WARN, "libvirt-socket",
+                     f"the proxy relays to {up.why}, but this host's qemu hooks run in virtqemud "
+                     f"({upstream.MODULAR_SOCKET}): every call takes another hop (virtproxyd)",
+                     f"set [hookd] libvirt_socket = auto (or {upstream.MODULAR_SOCKET})")
+    return Check(OK, "libvirt-socket", f"proxy upstream {up.why} accepts connections; qemu hooks run in "
+                                       f"{hooks_run_in}")
 
 
 # ------------------------------------------------------------ libvirt probe

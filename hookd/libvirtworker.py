@@ -46,7 +46,7 @@ from typing import Dict, Optional, Tuple
 import libvirt
 import libvirtaio
 
-from hookd import qemuproc, wire
+from hookd import qemuproc, upstream, wire
 from hookd.audit import now_iso
 from hookd.config import Config, load_config
 from hookd.engine import evaluate
@@ -328,7 +328,7 @@ class Worker:
                 log.info("connected to libvirt at %s; subscribed to lifecycle events", self.uri)
             self._status_changed()
             why = "a reconnect to libvirt" if ever else "the worker's start"
-            self._libvirtd_pid = qemuproc.socket_peer_pid(self.config.daemon.libvirt_socket)
+            self._libvirtd_pid = qemuproc.socket_peer_pid(upstream.resolve(self.config.daemon.libvirt_socket).path)
             # Events were missed while we were away (or before we started): list the
             # running domains once the events already queued are recorded.
             self._event_queue.put_nowait(("resync", why))

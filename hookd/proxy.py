@@ -368,7 +368,7 @@ class LibvirtProxy:
     (connections closed at once because ``max_clients`` sessions were open).
     """
 
-    def __init__(self, *, listen_path: str | None, upstream_path: str,
+    def __init__(self, *, listen_path: str | None, upstream_path: "str | Callable[[], str]",
                  rewrite: RewriteFn, on_error: ErrorFn, allowed_gid: int | None,
                  listen_fd: int | None = None, max_message: int = MESSAGE_MAX,
                  connect_timeout: float = 2.0, max_clients: int = 256,
@@ -376,7 +376,8 @@ class LibvirtProxy:
         if listen_path is None and listen_fd is None:
             raise HookdError("LibvirtProxy needs listen_path or listen_fd")
         self.listen_path = listen_path
-        self.upstream_path = upstream_path
+        #: A path, or a function giving one (hookd.upstream's `auto`, chosen per connection).
+        self._upstream_path = upstream_path
         self.max_message = max_message
         self.connect_timeout = connect_timeout
         self.max_clients = max_clients
@@ -582,18 +583,23 @@ class LibvirtProxy:
             pass
         return False, peer, f"neither root nor in group {want}"
 
+    @property
+    def upstream_path(self) -> str:
+        p = self._upstream_path
+        return p() if callable(p) else p
+
     async def _connect_upstream(self, conn: socket.socket, peer: str) -> None:
         upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         upstream.setblocking(False)
         adopted = False
+        path = self.upstream_path
         try:
             try:
-                await asyncio.wait_for(self._loop.sock_connect(upstream, self.upstream_path),
-                                       self.connect_timeout)
+                await asyncio.wait_for(self._loop.sock_connect(upstream, path), self.connect_timeout)
             except (OSError, asyncio.TimeoutError) as err:
                 self.stats["upstream_failures"] += 1
                 self._log.warning("closing client %s: upstream %s unreachable: %s",
-                                  peer, self.upstream_path, err or "timeout")
+                                  peer, path, err or "timeout")
                 return
             if self._closing:
                 return
