@@ -10,14 +10,13 @@ test FAILS with the reason: no fuzzing must not look like a pass.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pathlib
 import re
 import subprocess
 
-import pytest
 
+from tests.harness.venv import ensure_venv
 from tests.reliability.conftest import wait_or_kill
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -32,30 +31,7 @@ MIN_RUNS = 1000
 
 def ensure_fuzz_venv() -> pathlib.Path:
     """The venv's python with atheris importable; created (and atheris installed) if needed."""
-    python = VENV / "bin" / "python"
-
-    def works() -> bool:
-        return python.exists() and subprocess.run([str(python), "-c", "import atheris, lxml"],
-                                                  capture_output=True, timeout=60).returncode == 0
-
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    with open(VENV.parent / ".fuzz-venv.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if works():
-            return python
-        steps = [["/usr/bin/python3", "-m", "venv", "--system-site-packages", "--clear", str(VENV)],
-                 [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "atheris"]]
-        for argv in steps:
-            try:
-                r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-            except (OSError, subprocess.TimeoutExpired) as err:
-                pytest.fail(f"cannot set up the fuzzing virtualenv: {' '.join(argv)}: {err}", pytrace=False)
-            if r.returncode != 0:
-                pytest.fail(f"cannot set up the fuzzing virtualenv ({' '.join(argv)} exited {r.returncode}): "
-                            f"{(r.stderr or r.stdout).strip()[-1500:]}", pytrace=False)
-        if not works():
-            pytest.fail(f"atheris installed in {VENV} but `import atheris` fails", pytrace=False)
-        return python
+    return ensure_venv(VENV, ["atheris"], ["-c", "import atheris, lxml"], "fuzzing")
 
 
 def parse_stats(log: str) -> dict:
