@@ -439,6 +439,16 @@ def cmd_unpin(args) -> int:
 
 
 def cmd_pins(args) -> int:
+    if args.import_file is None and (args.dry_run or args.skip_invalid):
+        raise CliError(f"{'--dry-run' if args.dry_run else '--skip-invalid'} goes with --import FILE")
+    if args.import_file is None and not args.export and args.format is not None:
+        raise CliError("--format goes with --import FILE or --export")
+    if args.import_file is not None:
+        return _import_pins(args)
+    if args.export:
+        from hookd import pinfile
+        sys.stdout.write(pinfile.export(_store(args).all(), args.format or "csv"))
+        return EXIT_OK
     pins = _store(args).all()
     if args.json:
         print(json.dumps(pins, indent=2, sort_keys=True))
@@ -446,6 +456,60 @@ def cmd_pins(args) -> int:
     for uuid, p in pins.items():
         print(f"{uuid}  {p['serial']!r:<40} {p.get('created') or '-'}  {p.get('source') or '-'}  {p.get('host') or '-'}")
     print(f"{len(pins)} pins")
+    return EXIT_OK
+
+
+def _import_pins(args) -> int:
+    """`hookctl pins --import FILE`: create-if-absent for every row; a bad file writes nothing."""
+    from hookd import pinfile
+    from hookd.store import PINS_DB
+    path = args.import_file
+    source = "stdin" if path == "-" else path
+    fmt = pinfile.guess_format(path, args.format)
+    try:
+        parsed = pinfile.parse(pinfile.read_source(path), fmt, source)
+    except pinfile.PinFileError as err:
+        raise CliError(f"{err}; nothing imported") from err
+    if parsed.problems and not args.skip_invalid:
+        for line in pinfile.problem_lines(parsed, source):
+            print(f"hookctl: error: {line}", file=sys.stderr)
+        valid = len(parsed.rows)
+        print(f"hookctl: error: {source}: {len(parsed.problems)} invalid row"
+              f"{'s' if len(parsed.problems) != 1 else ''}; nothing imported (fix the file, or pass "
+              f"--skip-invalid to import the {valid} valid row{'s' if valid != 1 else ''})", file=sys.stderr)
+        return EXIT_FAIL
+    cfg = _load_config(args)
+    if args.dry_run and cfg.store.backend == "sqlite" and \
+            not os.path.exists(os.path.join(cfg.daemon.state_dir, PINS_DB)):
+        backend, existing, store = "sqlite", {}, None      # a dry run creates no store
+    else:
+        store = _store(args)
+        backend = store.backend
+        existing = {uuid: p["serial"] for uuid, p in store.all().items()}
+    outcomes = pinfile.classify(parsed.rows, existing)
+    if not args.dry_run:
+        done = []
+        for outcome, row, pinned in outcomes:
+            if outcome != pinfile.IMPORTED:
+                done.append((outcome, row, pinned))
+                continue
+            try:
+                winner = store.pin_if_absent(row.uuid, row.serial, source=f"hookctl pins --import {source}")
+            except HookdError as err:
+                written = sum(1 for o, _, _ in done if o == pinfile.IMPORTED)
+                for text in pinfile.report_lines(done, parsed, dry_run=False, skipped_invalid=args.skip_invalid):
+                    print(text)
+                sys.stdout.flush()
+                raise CliError(f"{source} line {row.line}: {err}; {written} pins were imported before it, "
+                               f"the rest were not (importing the file again is safe: first writer wins)") from err
+            if winner == row.serial:
+                done.append((pinfile.IMPORTED, row, None))
+            else:                                   # pinned meanwhile by someone else
+                done.append((pinfile.KEPT, row, winner))
+        outcomes = done
+    for text in pinfile.report_lines(outcomes, parsed, dry_run=args.dry_run, skipped_invalid=args.skip_invalid):
+        print(text)
+    print(pinfile.summary(outcomes, parsed, source=source, dry_run=args.dry_run, backend=backend))
     return EXIT_OK
 
 
@@ -502,6 +566,11 @@ def cmd_adopt(args) -> int:
 
 
 # ------------------------------------------------------------------------ parser
+
+def pinfile_formats() -> tuple:
+    from hookd.pinfile import FORMATS
+    return FORMATS
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -587,8 +656,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("instance", metavar="UUID", help="instance UUID")
     config_opt(sp)
 
-    sp = add("pins", cmd_pins, "list pinned serials")
-    sp.add_argument("--json", action="store_true", help="print JSON")
+    # Bulk import/export are options of `pins`, not words after `pin`: `pin` takes UUID SERIAL
+    # positionals, and `pin import FILE` would read as pinning an instance named "import".
+    sp = add("pins", cmd_pins, "list pinned serials; import or export many at once (migrated VMs' serials)")
+    what = sp.add_mutually_exclusive_group()
+    what.add_argument("--json", action="store_true", help="print JSON")
+    what.add_argument("--import", dest="import_file", metavar="FILE",
+                      help="pin every instance of FILE (- for stdin) that has no pin yet (create-if-absent: "
+                           "an existing pin is never changed); rows of instance_uuid and serial")
+    what.add_argument("--export", action="store_true",
+                      help="print every pin as instance_uuid and serial, in the format --import reads")
+    sp.add_argument("--format", choices=pinfile_formats(), default=None,
+                    help="csv (a header naming instance_uuid and serial) or json (a list of objects with "
+                         "those keys); default csv, or json for an --import FILE ending in .json")
+    sp.add_argument("--dry-run", action="store_true", help="with --import: only report, write nothing")
+    sp.add_argument("--skip-invalid", action="store_true",
+                    help="with --import: import the valid rows of a file that has invalid ones "
+                         "(default: any invalid row and nothing is imported)")
     config_opt(sp)
 
     sp = add("adopt", cmd_adopt, "pin every Nova guest on this host to the serial it has now (one-time rollout step)")

@@ -274,3 +274,40 @@ def test_boots_of_a_real_guest_leave_one_last_boot_key(etcd, libvirt_hosts, hook
     assert etcd_kvs(etcd, key)[key][1] == 3        # one write per boot, all to the same key
     assert run_hookctl("pin", uid, "BOOT-3", "--config", d.config).returncode == 0
     assert set(etcd.get_prefix("/hookd/")) == {key, f"/hookd/pins/{uid}"}
+
+
+def test_pins_import_and_export_with_etcd_first_writer_wins(etcd, tmp_path):
+    """Migrated VMs' serials imported into etcd: an existing pin is kept, a re-import changes
+    nothing, and export -> import into an empty prefix -> export is identical."""
+    vmware = "VMware-42 3e fd 8c 1a 2b 3c 4d-5e 6f 70 81 92 a3 b4 c5"
+    conf = tmp_path / "c.conf"
+    conf.write_text(store_conf(etcd) + f"[hookd]\nstate_dir = {tmp_path / 's'}\n")
+    assert run_hookctl("pin", OTHER, "FIRST", "--config", conf).returncode == 0
+    f = tmp_path / "v2v.csv"
+    f.write_text(f"instance_uuid,serial\n{UUID},{vmware}\n{OTHER},FROM-VMWARE\n")
+    res = run_hookctl("pins", "--import", f, "--config", conf)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.decode()
+    assert f"line 2: imported     {UUID}" in out and "already pinned to 'FIRST'" in out
+    assert out.splitlines()[-1].endswith("1 imported, 0 already pinned to the same serial, 1 already pinned "
+                                         "to a different serial (kept), 0 invalid (etcd store)")
+    pins = etcd.get_prefix("/hookd/pins/")
+    assert pins[f"/hookd/pins/{UUID}"]["serial"] == vmware
+    assert pins[f"/hookd/pins/{UUID}"]["source"] == f"hookctl pins --import {f}"
+    assert pins[f"/hookd/pins/{OTHER}"]["serial"] == "FIRST"           # never overwritten
+    again = run_hookctl("pins", "--import", f, "--config", conf)
+    assert again.returncode == 0 and b"1 already pinned to the same serial" in again.stdout
+    # a bad file writes nothing to etcd either
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"instance_uuid,serial\n{uuidlib.uuid4()},GOOD\nnope,X\n")
+    res = run_hookctl("pins", "--import", bad, "--config", conf)
+    assert res.returncode == 1 and res.stdout == b"" and b"nothing imported" in res.stderr
+    assert len(etcd.get_prefix("/hookd/pins/")) == 2
+    exported = run_hookctl("pins", "--export", "--config", conf)
+    assert exported.returncode == 0
+    assert exported.stdout.decode() == "instance_uuid,serial\n" + "\n".join(
+        sorted([f"{UUID},{vmware}", f"{OTHER},FIRST"])) + "\n"
+    other = tmp_path / "other.conf"
+    other.write_text(store_conf(etcd, "prefix = /other/\n") + f"[hookd]\nstate_dir = {tmp_path / 'o'}\n")
+    assert run_hookctl("pins", "--import", "-", "--config", other, input=exported.stdout).returncode == 0
+    assert run_hookctl("pins", "--export", "--config", other).stdout == exported.stdout
