@@ -5,12 +5,27 @@ import subprocess
 import uuid as uuidlib
 
 from hookd import qemuproc
+from tests.waiting import wait_for
+
+
+def fake_qemu(uuid: str) -> subprocess.Popen:
+    """A process whose command line carries `-uuid UUID`, as QEMU's does. Popen returns
+    once execve has closed the child's descriptors, which is before the kernel has set up
+    its argument pages: /proc/PID/cmdline reads empty for a moment after (seen under CPU
+    load), so wait until it shows the arguments. A real QEMU has long run by then."""
+    proc = subprocess.Popen(["/bin/sh", "-c", "read x", "-uuid", uuid], stdin=subprocess.PIPE)
+
+    def exec_done():
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            return uuid.encode() in f.read()
+    wait_for(exec_done, 10, f"pid {proc.pid}'s command line")
+    return proc
 
 
 def test_finds_the_process_by_uuid_and_keys_are_stable_and_distinct():
     u = str(uuidlib.uuid4())
-    procs = [subprocess.Popen(["/bin/sh", "-c", "read x", "-uuid", u], stdin=subprocess.PIPE)]
-    other = subprocess.Popen(["/bin/sh", "-c", "read x", "-uuid", str(uuidlib.uuid4())], stdin=subprocess.PIPE)
+    procs = [fake_qemu(u)]
+    other = fake_qemu(str(uuidlib.uuid4()))
     try:
         start = qemuproc.qemu_start(u, "no-such-domain", os.getpid())
         assert start is not None and start.pid == procs[0].pid
@@ -28,7 +43,7 @@ def test_finds_the_process_by_uuid_and_keys_are_stable_and_distinct():
 
 def test_pid_file_in_libvirtds_root_is_used_and_checked_against_the_uuid(tmp_path, monkeypatch):
     u = str(uuidlib.uuid4())
-    proc = subprocess.Popen(["/bin/sh", "-c", "read x", "-uuid", u], stdin=subprocess.PIPE)
+    proc = fake_qemu(u)
     try:
         piddir = tmp_path / qemuproc.PID_DIR.lstrip("/")
         piddir.mkdir(parents=True)
