@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from hookd.errors import HookdError
+from hookd.qemuproc import start_ticks
 
 log = logging.getLogger("hookd.doctor")
 
@@ -214,13 +215,8 @@ def _boot_offset() -> float:
 
 
 def _process_start(pid: int) -> Optional[float]:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    return _boot_offset() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    ticks = start_ticks(pid)
+    return None if ticks is None else _boot_offset() + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def libvirt_daemons_using(hooks_dir: str) -> List[Tuple[int, str, float]]:

@@ -38,6 +38,7 @@ import time
 from typing import Callable
 
 from hookd.errors import HookdError
+from hookd.server import adopt_listener
 from hookd.rpcframe import (
     CALL_TYPES,
     MESSAGE_MAX,
@@ -416,15 +417,7 @@ class LibvirtProxy:
             # close() never unlinks it, and the proxy drives accept() itself rather than
             # through asyncio's create_unix_server(), whose cleanup_socket (Python >= 3.13)
             # would unlink it (issue #17).
-            sock = socket.socket(fileno=self._listen_fd)
-            try:
-                listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-            except OSError:
-                listening = 0
-            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or not listening:
-                sock.detach()
-                raise HookdError(f"inherited proxy socket (fd {self._listen_fd}) is not a listening "
-                                 "UNIX stream socket")
+            sock = adopt_listener(self._listen_fd, "proxy")
             where = f"{self.listen_path or 'fd %d' % self._listen_fd} (inherited fd {self._listen_fd})"
         else:
             sock = self._bind(self.listen_path)

@@ -73,7 +73,8 @@ def _cmdline_has_uuid(pid: int, uuid: str) -> bool:
                for i, a in enumerate(args))
 
 
-def _start_ticks(pid: int) -> Optional[int]:
+def start_ticks(pid: int) -> Optional[int]:
+    """/proc/PID/stat's starttime: clock ticks after the kernel booted."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -137,7 +138,7 @@ def _iso(epoch: float) -> str:
 
 def qemu_start(uuid: str, name: str, libvirtd_pid: Optional[int]) -> Optional[QemuStart]:
     pid = find_qemu(uuid, name, libvirtd_pid)
-    ticks = _start_ticks(pid) if pid is not None else None
+    ticks = start_ticks(pid) if pid is not None else None
     if pid is not None and ticks is not None:
         btime = _boot_time()
         since = "-" if btime is None else _iso(btime + ticks / os.sysconf("SC_CLK_TCK"))
