@@ -137,15 +137,17 @@ def _iso(epoch: float) -> str:
 
 
 def qemu_start(uuid: str, name: str, libvirtd_pid: Optional[int]) -> Optional[QemuStart]:
-    pid = find_qemu(uuid, name, libvirtd_pid)
+    found = _pid_file(f"/proc/{libvirtd_pid}/root" if libvirtd_pid else "/", name)
+    # QEMU runs as another user and hookd's unit hides such processes (ProtectProc=
+    # invisible): no /proc scan could see it either, but the pid file, root's, still says
+    # which QEMU and when it started.
+    hidden = found is not None and not os.path.exists(f"/proc/{found[0]}")
+    pid = None if hidden else find_qemu(uuid, name, libvirtd_pid)
     ticks = start_ticks(pid) if pid is not None else None
     if pid is not None and ticks is not None:
         btime = _boot_time()
         since = "-" if btime is None else _iso(btime + ticks / os.sysconf("SC_CLK_TCK"))
         return QemuStart(pid, f"{ticks}", since)
-    # QEMU runs as another user and hookd's unit hides such processes (ProtectProc=
-    # invisible): the pid file, root's, still says which QEMU and when it started.
-    found = _pid_file(f"/proc/{libvirtd_pid}/root" if libvirtd_pid else "/", name)
     if found is None:
         return None
     pid, mtime_ns = found
