@@ -158,33 +158,6 @@ def test_status_fails_when_daemon_is_down(tmp_path):
     assert res.returncode == 1 and res.stderr.decode().startswith("hookctl: error: hookd is not reachable at ")
 
 
-@pytest.fixture
-def short_dir():
-    """A short directory of its own: socket paths must fit in sun_path (108 bytes)."""
-    import shutil
-    import tempfile
-    path = tempfile.mkdtemp(prefix="hk-d-", dir="/tmp")
-    yield pathlib.Path(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def activated(short_dir):
-    """Factory make(**kw) -> ActivatedHookd (not started): hookd on sockets this test holds,
-    as systemd's socket units hold them; stopped by pid and the sockets released at teardown."""
-    from tests.integration.activation import ActivatedHookd
-    made = []
-
-    def make(name="hookd", **kw):
-        d = ActivatedHookd(short_dir, name=name, **kw)
-        made.append(d)
-        return d
-    yield make
-    for d in made:
-        d.stop()
-        d.release()
-
-
 @pytest.mark.parametrize("proxy", [False, True], ids=["hook-socket-only", "hook-and-proxy-sockets"])
 def test_socket_activation_serves_the_inherited_sockets_and_never_unlinks_them(activated, proxy):
     """hookd.socket alone (the packages' default: hookd binds the proxy socket itself), or with

@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import uuid as uuidlib
@@ -29,35 +28,10 @@ import pytest
 from tests.domains import domain
 from tests.harness.guest import nova_domain_xml
 from tests.harness.hookcall import ask_prepare
-from tests.integration.activation import ActivatedHookd, kill_hookd
+from tests.integration.activation import kill_hookd
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.libvirt
-
-
-@pytest.fixture
-def short_dir():
-    """A short directory: socket paths must fit in sun_path (108 bytes)."""
-    path = pathlib.Path(tempfile.mkdtemp(prefix="hk-act-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def activated(short_dir):
-    """Factory make(name, **kw) -> ActivatedHookd (not started); every one is stopped by pid
-    and its held sockets released at teardown."""
-    made = []
-
-    def make(name: str = "hookd", **kw) -> ActivatedHookd:
-        d = ActivatedHookd(short_dir / "d", name=name, **kw)
-        made.append(d)
-        return d
-
-    yield make
-    for d in made:
-        d.stop()
-        d.release()
 
 
 def accept_queue(path: pathlib.Path) -> int:
