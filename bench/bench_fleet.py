@@ -7,7 +7,7 @@ a real etcd (Debian's etcd-server, started as tests/integration/etcd_proc.py doe
 once per scheme, each on its own fresh etcd, the same workload (same seed) in the
 same run:
 
-  new   hookd.etcdstore as it is: `mirror_audit` gets every audit row; each
+  new   hookd.stores.etcd as it is: `mirror_audit` gets every audit row; each
         instance's last boot goes to PREFIX/lastboot/UUID (one transaction,
         overwritten in place, coalesced while etcd is unreachable);
   old   the baseline: the audit copy hookd sent before (one key per row,
@@ -73,10 +73,10 @@ from collections import deque
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hookd.audit import COLUMNS  # noqa: E402
+from hookd.stores.audit import COLUMNS  # noqa: E402
 from hookd.config import StoreSettings  # noqa: E402
 from hookd.errors import StoreError  # noqa: E402
-from hookd.etcdstore import EtcdPinStore, http_post, read_body, read_response_head  # noqa: E402
+from hookd.stores.etcd import EtcdPinStore, http_post, read_body, read_response_head  # noqa: E402
 from tests.integration.etcd_proc import EtcdProcess  # noqa: E402
 
 HOSTS = int(os.environ.get("HOOKD_BENCH_FLEET_HOSTS", "1000"))
@@ -100,7 +100,7 @@ def _prefix_end(prefix: str) -> str:
 
 class Pool:
     """Keep-alive HTTP/1.1 connections to the gateway, shared by every simulated host;
-    `call` is the daemon client's (hookd.etcdstore._AsyncClient.call) interface."""
+    `call` is the daemon client's (hookd.stores.etcd._AsyncClient.call) interface."""
 
     def __init__(self, url: str, size: int):
         u = urllib.parse.urlsplit(url)
@@ -182,7 +182,7 @@ class OldMirror:
 
 
 class NewMirror:
-    """hookd.etcdstore.EtcdPinStore itself, sending through the pool."""
+    """hookd.stores.etcd.EtcdPinStore itself, sending through the pool."""
 
     def __init__(self, host: str, pool: Pool):
         self.store = EtcdPinStore(StoreSettings(backend="etcd", prefix=PREFIX), host=host)
@@ -222,7 +222,7 @@ class Fleet:
                   "serial_seen": uuid, "serial_wanted": uuid, "verdict": "compliant", "rule": "default",
                   "action": action, "detail": detail}
         values.update(extra)
-        # As hookd.audit.AuditLog.record hands rows to the mirror: every column, str or None.
+        # As hookd.stores.audit.AuditLog.record hands rows to the mirror: every column, str or None.
         return {c: None if values.get(c) is None else str(values.get(c)) for c in COLUMNS}
 
     def _boot_key(self) -> str:

@@ -55,7 +55,7 @@ def _start_once(conn, xml):
 
 
 def release_shim(base: pathlib.Path) -> pathlib.Path:
-    from hookd.cli import build_shim
+    from hookd.cli.main import build_shim
     out = base / "hookd-shim"
     if not out.exists():
         build_shim(str(out))
@@ -167,7 +167,7 @@ def _daemon_service_latency(sock_path, xml: bytes, n: int) -> list:
     """n shim requests sent at once from one asyncio loop: hookd's own latency, no exec
     (threads would measure this process's GIL instead)."""
     import asyncio
-    from hookd import shimwire
+    from hookd.hookpath import shimwire
     from tests.harness.hookcall import hook_request
     request = shimwire.encode_request(hook_request("instance-x", xml))
 

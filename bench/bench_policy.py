@@ -16,8 +16,8 @@ sys.path.insert(0, str(REPO))
 
 from lxml import etree  # noqa: E402
 
-from hookd.engine import evaluate  # noqa: E402
-from hookd.policy import PolicyConfig, SerialTemplate  # noqa: E402
+from hookd.decision import evaluate  # noqa: E402
+from hookd.policy.serial import PolicyConfig, SerialTemplate  # noqa: E402
 
 INPUT = REPO / "tests" / "data" / "corpus" / "90-bench-15k.xml"
 TARGET_PER_S = 2000

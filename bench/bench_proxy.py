@@ -1,6 +1,6 @@
 """libvirt-protocol proxy overhead, measured against a direct connection in the same run.
 
-Starts a namespaced libvirtd (tests/harness LibvirtHost) and hookd.proxy in a
+Starts a namespaced libvirtd (tests/harness LibvirtHost) and hookd.rpc.proxy in a
 child process in front of it (rewrite callback: a regex that sets the serial
 to the domain uuid, so every define through the proxy is really rewritten),
 then measures, interleaving direct and proxied samples in random order so
@@ -46,7 +46,7 @@ STREAM_BYTES = 64 * 1024 * 1024
 
 RUNNER = r'''
 import asyncio, logging, os, re, signal, sys
-from hookd.proxy import LibvirtProxy
+from hookd.rpc.proxy import LibvirtProxy
 SERIAL = re.compile(r"(<entry name='serial'>)[^<]*(</entry>)")
 UUID = re.compile(r"<uuid>([^<]*)</uuid>")
 

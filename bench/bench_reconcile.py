@@ -5,7 +5,7 @@ Nova domains carrying a legacy serial. Measured in the same run:
 
   baseline      the floor any reconciler pays: listAllDomains(PERSISTENT) plus
                 isPersistent + XMLDesc(INACTIVE|SECURE) of every domain;
-  dry run       hookd.reconciler's sweep without fixing (read + decide each one);
+  dry run       hookd.virt.reconciler's sweep without fixing (read + decide each one);
   fix           a fixing sweep with the rate limit off: N defines (the raw cost);
                 with the default limit (10 defines/s) the same sweep takes N/10 s,
                 on purpose, so a sweep never floods libvirtd;
@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 import libvirt  # noqa: E402
 
 from hookd.config import Config  # noqa: E402
-from hookd.reconciler import XML_FLAGS, Reconciler  # noqa: E402
+from hookd.virt.reconciler import XML_FLAGS, Reconciler  # noqa: E402
 from tests.harness.guest import nova_domain_xml  # noqa: E402
 from tests.harness.libvirt_host import LibvirtHost  # noqa: E402
 from tests.integration.hookd_proc import HookdProcess  # noqa: E402

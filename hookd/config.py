@@ -2,7 +2,7 @@
 
 Owns the file format (a main file plus conf.d/*.conf in name order, later files
 overriding keys), the schema of every section and key with its default, and the
-file:line:reason of every error. It builds hookd.policy.PolicyConfig but decides
+file:line:reason of every error. It builds hookd.policy.serial.PolicyConfig but decides
 nothing, and it never reads XML or talks to libvirt.
 
 configparser is not used: it cannot say on which line a bad value stands, and an
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from hookd.errors import ConfigError
-from hookd.model import canonical_uuid
-from hookd.policy import MODES, NON_NOVA_CHOICES, PolicyConfig, Rule, SerialTemplate
+from hookd.policy.model import canonical_uuid
+from hookd.policy.serial import MODES, NON_NOVA_CHOICES, PolicyConfig, Rule, SerialTemplate
 
 DEFAULT_CONFIG = "/etc/hookd/hookd.conf"
 CONF_D = "conf.d"
@@ -134,7 +134,7 @@ def _path(s: Setting) -> str:
 
 
 def _socket_or_auto(s: Setting) -> str:
-    """An absolute path, or `auto` (hookd.upstream: virtqemud's socket if present, else libvirtd's)."""
+    """An absolute path, or `auto` (hookd.rpc.upstream: virtqemud's socket if present, else libvirtd's)."""
     if s.value == "auto":
         return s.value
     if not s.value:

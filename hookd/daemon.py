@@ -3,8 +3,8 @@
 Owns start-up and shutdown, the one asyncio event loop, configuration reloads
 (SIGHUP and inotify on the config directory; an invalid config is refused and the
 last good one stays), systemd integration (READY/STATUS/WATCHDOG and socket
-activation through hookd.sdprotocol, the journal) and the wiring of its parts: the hook socket
-(hookd.server + hookd.hookhandler), the libvirt proxy (hookd.proxy) and the audit
+activation through hookd.ipc.sdprotocol, the journal) and the wiring of its parts: the hook socket
+(hookd.hookpath.server + hookd.hookpath.handler), the libvirt proxy (hookd.rpc.proxy) and the audit
 log. It holds no policy logic itself.
 """
 
@@ -22,15 +22,15 @@ import warnings
 from typing import Optional
 
 from hookd import __version__
-from hookd import sdprotocol as sd
-from hookd import upstream
-from hookd.audit import AuditLog
+from hookd.ipc import sdprotocol as sd
+from hookd.rpc import upstream
+from hookd.stores.audit import AuditLog
 from hookd.config import DEFAULT_CONFIG, Config, load_config
 from hookd.errors import HookdError
-from hookd.hookhandler import HookHandler
-from hookd.server import LISTEN_BACKLOG, HookServer
-from hookd.store import UnavailableStore, open_store
-from hookd.supervisor import WorkerSupervisor
+from hookd.hookpath.handler import HookHandler
+from hookd.hookpath.server import LISTEN_BACKLOG, HookServer
+from hookd.stores.pins import UnavailableStore, open_store
+from hookd.virt.supervisor import WorkerSupervisor
 
 log = logging.getLogger("hookd")
 
@@ -173,8 +173,8 @@ class Daemon:
 
     async def _start_proxy(self, path: str, fd: Optional[int]) -> None:
         from hookd.config import resolve_group
-        from hookd.proxy import LibvirtProxy
-        from hookd.proxyhandler import DefinitionRewriter
+        from hookd.rpc.proxy import LibvirtProxy
+        from hookd.rpc.handler import DefinitionRewriter
         d = self.config.daemon
         rewriter = DefinitionRewriter(lambda: self.config, self.audit, self.store)
         gid = resolve_group(d.proxy_group)

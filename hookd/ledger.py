@@ -3,7 +3,7 @@ resync after a gap must add so that every boot is recorded exactly once.
 
 A boot is one run of one QEMU process: on a host it is identified by the instance
 UUID and a boot key made of libvirt's domain id and the QEMU process's start time
-(hookd.qemuproc builds it). libvirt's API promises no domain id unique across
+(hookd.virt.qemuproc builds it). libvirt's API promises no domain id unique across
 libvirtd restarts (libvirt 9.0 here went on counting, measured), and the start
 time also tells a boot from a later one when the stop in between was missed.
 

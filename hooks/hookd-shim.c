@@ -16,7 +16,7 @@
  * refuses any serial change there), allocate anything but the XML it read, read
  * more than MAX_XML + 1 bytes, or wait past its deadline.
  *
- * The wire format is hookd/shimwire.py's (documented there, one format for both
+ * The wire format is hookd/hookpath/shimwire.py's (documented there, one format for both
  * sides). Settings come from "<this file's path>.conf", written by
  * `hookctl install-hook`, since libvirt gives hooks only PATH, HOME and LC_ALL:
  *
@@ -47,7 +47,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Limits shared with hookd/shimwire.py (tests/test_shimwire.py checks they agree). */
+/* Limits shared with hookd/hookpath/shimwire.py (tests/test_shimwire.py checks they agree). */
 #define SHIM_MAGIC "HOOKD1"
 #define MAX_XML (32UL * 1024 * 1024)      /* libvirt's own RPC message limit */
 #define MAX_FIELD 4096UL                  /* domain name and `extra` */

@@ -1,11 +1,11 @@
-"""hookd.audit: the schema upgrade for the boot ledger and `hookctl audit --boots` (real SQLite)."""
+"""hookd.stores.audit: the schema upgrade for the boot ledger and `hookctl audit --boots` (real SQLite)."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 
-from hookd.audit import DB_NAME, AuditLog
+from hookd.stores.audit import DB_NAME, AuditLog
 
 U = "11111111-1111-4111-8111-111111111111"
 #: The audit table as hookd 0.1 created it (no boot, no since).

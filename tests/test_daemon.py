@@ -19,7 +19,9 @@ import time
 
 import pytest
 
-from hookd import shimwire, wire
+from hookd.hookpath import shimwire
+
+from hookd.ipc import wire
 from tests.conftest import REPO, hookd_env, run_hookctl
 from tests.harness.hookcall import ask_prepare, hook_request
 from tests.domains import domain
@@ -264,7 +266,7 @@ def test_watchdog_pings_from_the_loop_and_stop_while_hookd_is_stopped(activated)
     ({"WATCHDOG_USEC": "soon"}, None),
 ])
 def test_watchdog_interval(monkeypatch, env, interval):
-    from hookd.sdprotocol import watchdog_interval
+    from hookd.ipc.sdprotocol import watchdog_interval
     for var in ("WATCHDOG_USEC", "WATCHDOG_PID"):
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
@@ -275,7 +277,7 @@ def test_watchdog_interval(monkeypatch, env, interval):
 def test_inherited_descriptors_by_name_and_order(monkeypatch):
     """sd_listen_fds(3) as hookd reads it: names first, other sockets take the free roles in
     descriptor order, the variables are consumed and the descriptors made close-on-exec."""
-    from hookd import sdprotocol
+    from hookd.ipc import sdprotocol
     socks = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
     saved = [os.dup(fd) for fd in (3, 4, 5)]
     try:
@@ -324,7 +326,7 @@ def test_inherited_hook_socket_asks_asyncio_not_to_unlink_it():
     """Issue #17: Python >= 3.13 unlinks a UNIX server's socket file at close unless
     cleanup_socket=False; hookd passes it for an inherited socket when the parameter exists."""
     import asyncio
-    from hookd.server import keep_socket_file_kwargs
+    from hookd.hookpath.server import keep_socket_file_kwargs
     assert keep_socket_file_kwargs(_Loop313()) == {"cleanup_socket": False}
     loop = asyncio.new_event_loop()
     try:
@@ -337,11 +339,11 @@ def test_inherited_hook_socket_asks_asyncio_not_to_unlink_it():
 #: HookServer on an inherited socket under another interpreter; prints what is left of the file.
 _CLEANUP_CHILD = r"""
 import asyncio, os, socket, sys, types
-# hookd.server's hook path imports lxml (hookd.xmlsafe); this interpreter may not have it,
+# hookd.hookpath.server's hook path imports lxml (hookd.xml.safe); this interpreter may not have it,
 # and serving a socket never parses XML.
 lxml = types.ModuleType("lxml"); lxml.etree = types.SimpleNamespace(XMLParser=lambda **kw: None)
 sys.modules.setdefault("lxml", lxml); sys.modules.setdefault("lxml.etree", lxml.etree)
-from hookd.server import HookServer
+from hookd.hookpath.server import HookServer
 path = sys.argv[1]
 
 async def serve(with_fix):

@@ -396,7 +396,7 @@ def test_unparsable_nova_conf(tmp_path):
 def test_store_check():
     """doctor says where pins live and whether the daemon reaches etcd, with the fix."""
     from hookd.config import build_config, parse_ini
-    from hookd.doctor import FAIL, OK, WARN, check_store
+    from hookd.cli.doctor import FAIL, OK, WARN, check_store
 
     def cfg(text):
         sections = {}

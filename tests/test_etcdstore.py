@@ -13,10 +13,10 @@ import logging
 
 import pytest
 
-from hookd import etcdstore
+from hookd.stores import etcd as etcdstore
 from hookd.config import StoreSettings
 from hookd.errors import StoreError
-from hookd.etcdstore import EtcdPinStore, lastboot_record
+from hookd.stores.etcd import EtcdPinStore, lastboot_record
 
 UUID = "8c0f5f4e-3d2a-4b1c-9e8f-7a6b5c4d3e2f"
 OTHER = "00000000-0000-4000-8000-0000000000b1"

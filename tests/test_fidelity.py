@@ -15,8 +15,8 @@ import pytest
 from lxml import etree
 
 from hookd.config import build_config, parse_ini
-from hookd.domainxml import read_domain
-from hookd.engine import evaluate
+from hookd.xml.domain import read_domain
+from hookd.decision import evaluate
 from tests.conftest import DATA
 
 CORPUS = DATA / "corpus"

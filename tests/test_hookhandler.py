@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hookd.audit import AuditLog, query
+from hookd.stores.audit import AuditLog, query
 from hookd.config import build_config, parse_ini
-from hookd.hookhandler import HookHandler
-from hookd.shimwire import HookReply, HookRequest
+from hookd.hookpath.handler import HookHandler
+from hookd.hookpath.shimwire import HookReply, HookRequest
 from tests.domains import HOST_SERIAL, UUID, domain
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hookd.domainxml import read_domain
-from hookd.novaxml import nova_ns_version
+from hookd.xml.domain import read_domain
+from hookd.xml.nova import nova_ns_version
 from tests.domains import IMAGE, PROJECT, USER, domain, nova_block
 
 

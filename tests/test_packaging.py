@@ -62,7 +62,7 @@ def test_socket_path_agrees_with_the_config_default_and_the_shim():
     from hookd.config import SCHEMA
     u = read_unit(UNITS / "hookd.socket")
     assert one(u, "Socket", "ListenStream") == SCHEMA["hookd"]["socket"][1]
-    from hookd.cli import build_parser
+    from hookd.cli.main import build_parser
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     sock_opt = next(a for a in sub.choices["install-hook"]._actions if a.dest == "socket")
     assert sock_opt.default == SCHEMA["hookd"]["socket"][1]
@@ -72,8 +72,8 @@ def test_proxy_socket_unit_agrees_with_the_config_defaults_and_the_daemon():
     """hookd-proxy.socket: what [hookd] proxy_socket/proxy_group default to, the name hookd
     looks for, hookd.service as its service; ordered before hookd.service, never required by it."""
     from hookd.config import SCHEMA
-    from hookd.sdprotocol import FD_NAME_PROXY, UNIT_PROXY
-    from hookd.proxy import SOCKET_MODE
+    from hookd.ipc.sdprotocol import FD_NAME_PROXY, UNIT_PROXY
+    from hookd.rpc.proxy import SOCKET_MODE
     assert UNIT_PROXY == "hookd-proxy.socket"
     u = read_unit(UNITS / UNIT_PROXY)
     assert one(u, "Socket", "ListenStream") == SCHEMA["hookd"]["proxy_socket"][1] == "/run/hookd/libvirt-sock"
@@ -90,7 +90,7 @@ def test_proxy_socket_unit_agrees_with_the_config_defaults_and_the_daemon():
         assert not any("hookd-proxy" in v for v in service["Unit"].get(key, [])), key
     assert "hookd-proxy.socket" not in " ".join(service["Install"].get("Also", []))   # not enabled with hookd
     hook = read_unit(UNITS / "hookd.socket")
-    from hookd.sdprotocol import FD_NAME_HOOK, UNIT_HOOK
+    from hookd.ipc.sdprotocol import FD_NAME_HOOK, UNIT_HOOK
     assert UNIT_HOOK == "hookd.socket" and one(hook, "Socket", "FileDescriptorName") == FD_NAME_HOOK
 
 
@@ -218,7 +218,7 @@ def man_sections(text: str, macro: str) -> dict:
 
 
 def hookctl_subparsers() -> dict:
-    from hookd.cli import build_parser
+    from hookd.cli.main import build_parser
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return parser, dict(sub.choices)
@@ -403,6 +403,6 @@ def test_install_hook_bad_arguments_write_nothing(tmp_path, args, fragment):
 
 
 def test_shim_settings_parser_matches_the_writer():
-    from hookd.cli import parse_shim_settings, render_shim_settings
+    from hookd.cli.main import parse_shim_settings, render_shim_settings
     text = render_shim_settings(socket_path="/run/a b.sock", timeout=0.25, on_unreachable="deny")
     assert parse_shim_settings(text) == {"socket": "/run/a b.sock", "timeout": 0.25, "on_unreachable": "deny"}

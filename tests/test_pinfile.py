@@ -1,4 +1,4 @@
-"""hookd.pinfile: reading, validating and classifying pin files; exporting them back."""
+"""hookd.cli.pinfile: reading, validating and classifying pin files; exporting them back."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from hookd.pinfile import IMPORTED, KEPT, SAME, PinFileError, classify, export, guess_format, parse, \
+from hookd.cli.pinfile import IMPORTED, KEPT, SAME, PinFileError, classify, export, guess_format, parse, \
     report_lines, summary
-from hookd.policy import serial_problem
+from hookd.policy.serial import serial_problem
 from tests.domains import UUID
 
 VMWARE = "VMware-42 3e fd 8c 1a 2b 3c 4d-5e 6f 70 81 92 a3 b4 c5"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hookd.config import build_config, parse_ini
-from hookd.engine import evaluate
+from hookd.decision import evaluate
 from hookd.errors import ConfigError
-from hookd.policy import PLACEHOLDERS, PolicyConfig, SerialTemplate, serial_problem
+from hookd.policy.serial import PLACEHOLDERS, PolicyConfig, SerialTemplate, serial_problem
 from tests.domains import HOST_SERIAL, IMAGE, PROJECT, USER, UUID, domain
 
 
@@ -274,7 +274,7 @@ def test_flavor_template_without_template_configured_falls_back():
 def test_host_serial_moves_to_chassis():
     ev = evaluate(domain(), policy("[policy]\nhost_serial_to_chassis = true\n"))
     assert ev.decision.chassis_serial == HOST_SERIAL
-    from hookd.domainxml import read_domain
+    from hookd.xml.domain import read_domain
     _, facts = read_domain(ev.xml)
     assert (facts.sysinfo.system_serial, facts.sysinfo.chassis_serial) == (UUID, HOST_SERIAL)
 

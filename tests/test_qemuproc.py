@@ -1,10 +1,10 @@
-"""hookd.qemuproc: the boot key from /proc (a real process standing in for QEMU)."""
+"""hookd.virt.qemuproc: the boot key from /proc (a real process standing in for QEMU)."""
 
 import os
 import subprocess
 import uuid as uuidlib
 
-from hookd import qemuproc
+from hookd.virt import qemuproc
 from tests.waiting import wait_for
 
 

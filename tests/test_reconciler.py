@@ -15,7 +15,7 @@ import pytest
 
 from hookd.config import build_config, parse_ini
 from hookd.errors import HookdError
-from hookd.reconciler import (
+from hookd.virt.reconciler import (
     HOOK_HOLD_S,
     XML_FLAGS,
     ReconcileError,

@@ -1,4 +1,4 @@
-"""In-memory tests of hookd.rpcframe: framing, limits, incremental decoding, garbage."""
+"""In-memory tests of hookd.rpc.frame: framing, limits, incremental decoding, garbage."""
 
 import io
 import struct
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hookd.errors import ProtocolError
-from hookd.rpcframe import (
+from hookd.rpc.frame import (
     HEADER_SIZE,
     KEEPALIVE_PROGRAM,
     LEN_SIZE,

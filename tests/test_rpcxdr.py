@@ -1,4 +1,4 @@
-"""In-memory tests of hookd.rpcxdr: XDR primitives, typed params, per-procedure codecs."""
+"""In-memory tests of hookd.rpc.xdr: XDR primitives, typed params, per-procedure codecs."""
 
 import math
 import struct
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hookd.errors import ProtocolError
-from hookd.rpcxdr import (
+from hookd.rpc.xdr import (
     CODECS,
     NonnullDomain,
     ParamType,

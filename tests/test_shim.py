@@ -2,7 +2,7 @@
 
 Each test execs the sanitizer build (tests/harness/shim.py) with libvirt's environment
 (only PATH, LC_ALL and HOME), the XML on stdin and its settings beside it, against a
-stand-in hookd on a socket in the test's directory that speaks hookd.shimwire. The
+stand-in hookd on a socket in the test's directory that speaks hookd.hookpath.shimwire. The
 real daemon behind the real libvirtd is tests/integration's business.
 """
 
@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from hookd import shimwire
-from hookd.shimwire import HookReply
+from hookd.hookpath import shimwire
+from hookd.hookpath.shimwire import HookReply
 from tests.harness.shim import sanitized_shim
 
 LIBVIRT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "HOME": "/"}

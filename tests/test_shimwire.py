@@ -1,4 +1,4 @@
-"""The shim's wire format (hookd.shimwire), in memory; and its agreement with the C shim."""
+"""The shim's wire format (hookd.hookpath.shimwire), in memory; and its agreement with the C shim."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hookd import shimwire, wire
-from hookd.shimwire import HookReply, HookRequest, ShimWireError
+from hookd.hookpath import shimwire
+
+from hookd.ipc import wire
+from hookd.hookpath.shimwire import HookReply, HookRequest, ShimWireError
 from tests.conftest import REPO
 
 
@@ -130,7 +132,7 @@ def test_bad_replies_are_refused(data):
 
 
 def test_json_messages_and_shim_requests_cannot_be_confused():
-    """hookd.server tells the two apart by the first four bytes."""
+    """hookd.hookpath.server tells the two apart by the first four bytes."""
     assert int.from_bytes(shimwire.PREFIX, "big") > wire.MAX_MESSAGE
     assert wire.encode({"v": 1, "op": "status"})[:4] != shimwire.PREFIX
 

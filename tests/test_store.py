@@ -7,9 +7,9 @@ import logging
 import pytest
 
 from hookd.config import build_config, parse_ini
-from hookd.engine import evaluate
+from hookd.decision import evaluate
 from hookd.errors import StoreError
-from hookd.store import PinnedEvaluator, SqlitePinStore
+from hookd.stores.pins import PinnedEvaluator, SqlitePinStore
 from tests.domains import HOST_SERIAL, UUID, domain
 
 
@@ -77,7 +77,7 @@ def test_store_validates(tmp_path, uuid, serial, fragment):
 
 
 def test_pinned_evaluator_pins_once_and_loser_rereads(tmp_path):
-    from hookd.audit import AuditLog, query
+    from hookd.stores.audit import AuditLog, query
     store = SqlitePinStore(str(tmp_path))
     ev = PinnedEvaluator(store, logging.getLogger("t"), AuditLog(str(tmp_path / "a")))
     p = policy("[policy]\nmode = preserve\n")

@@ -1,4 +1,4 @@
-"""hookd.upstream: the proxy's libvirt socket, `auto` as libvirt's client chooses it;
+"""hookd.rpc.upstream: the proxy's libvirt socket, `auto` as libvirt's client chooses it;
 and doctor's libvirt-socket check on sockets this test creates (not the host's /run)."""
 
 from __future__ import annotations
@@ -7,7 +7,9 @@ import socket
 
 import pytest
 
-from hookd import doctor, upstream
+from hookd.cli import doctor
+
+from hookd.rpc import upstream
 from hookd.config import ConfigError, load_config
 
 

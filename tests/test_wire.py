@@ -9,9 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hookd import wire
-
-
+from hookd.ipc import wire
 def feed(data: bytes, eof: bool = True) -> asyncio.StreamReader:
     r = asyncio.StreamReader()
     r.feed_data(data)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from hookd.domainxml import read_domain
-from hookd.engine import evaluate
+from hookd.xml.domain import read_domain
+from hookd.decision import evaluate
 from hookd.errors import XmlError
-from hookd.policy import PolicyConfig
-from hookd.xmlsafe import MAX_XML_BYTES, parse_xml, serialize
+from hookd.policy.serial import PolicyConfig
+from hookd.xml.safe import MAX_XML_BYTES, parse_xml, serialize
 from tests.domains import UUID, domain
 
 XXE_FILE = b"""<?xml version="1.0"?>

@@ -1,6 +1,6 @@
 """One blocking client for the hook socket's shim format, for tests and benchmarks.
 
-It sends what hooks/hookd-shim.c sends (hookd.shimwire's request) and reads one reply,
+It sends what hooks/hookd-shim.c sends (hookd.hookpath.shimwire's request) and reads one reply,
 so a test can ask hookd directly without libvirt. Tests that are about the shim itself
 run the compiled shim (tests/harness/shim.py); this client is for tests about the daemon.
 """
@@ -11,8 +11,8 @@ import socket
 import time
 from typing import Optional
 
-from hookd import shimwire
-from hookd.shimwire import HookReply, HookRequest
+from hookd.hookpath import shimwire
+from hookd.hookpath.shimwire import HookReply, HookRequest
 
 
 def hook_request(name: str, xml, *, op: str = "prepare", sub: str = "begin", extra: str = "-",

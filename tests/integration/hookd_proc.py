@@ -118,7 +118,7 @@ class HookdProcess:
         return code
 
     def audit(self, **filters) -> list:
-        from hookd import audit
+        from hookd.stores import audit
         return audit.query(str(self.state_dir), **filters)
 
     def hookctl(self, *args, **kw):

@@ -103,7 +103,7 @@ def test_two_hosts_adopting_the_same_instance_agree(etcd, hookd_factory):
 def test_concurrent_cli_pins_create_exactly_one(etcd, tmp_path):
     """Ten concurrent create-if-absent transactions on one instance: one winner, all agree."""
     from hookd.config import StoreSettings
-    from hookd.etcdstore import EtcdPinStore
+    from hookd.stores.etcd import EtcdPinStore
     settings = StoreSettings(backend="etcd", endpoints=(etcd.url,))
     results = []
 
@@ -155,9 +155,9 @@ def test_last_boot_is_one_key_per_instance_newest_wins_across_hosts(etcd, tmp_pa
     N boots of an instance leave one key with the newest boot; a migration's boot on the
     other host replaces it, and a late older boot does not; boots queued in an outage are
     one write; no audit keys; pins go on working; keys stay O(instances)."""
-    from hookd.audit import AuditLog
+    from hookd.stores.audit import AuditLog
     from hookd.config import StoreSettings
-    from hookd.etcdstore import EtcdPinStore
+    from hookd.stores.etcd import EtcdPinStore
     settings = StoreSettings(backend="etcd", endpoints=(etcd.url,), timeout=1.0)
     instances = [str(uuidlib.uuid4()) for _ in range(20)]
     t0 = datetime.datetime.now(datetime.timezone.utc)

@@ -1,7 +1,7 @@
 """libvirt lifecycle events on a real libvirtd: hookd's worker turns them into audit rows.
 
 Each test starts a namespaced libvirtd with hookd's shim installed and a real hookd
-whose `[hookd] libvirt_uri` is that libvirtd. The worker (hookd.libvirtworker)
+whose `[hookd] libvirt_uri` is that libvirtd. The worker (hookd.virt.worker)
 subscribes to lifecycle events; rows are read from the audit log the daemon
 writes. Waits are bounded polls on conditions, never sleeps.
 """

@@ -1,4 +1,4 @@
-"""hookd.proxy against a REAL libvirtd (namespaced, tests/harness), driven by virsh and libvirt-python.
+"""hookd.rpc.proxy against a REAL libvirtd (namespaced, tests/harness), driven by virsh and libvirt-python.
 
 The proxy runs in a background process started here (a runner script written
 to the test's tmp dir) with a test rewrite callback that sets the SMBIOS
@@ -23,7 +23,7 @@ import uuid
 
 import pytest
 
-from hookd.rpcframe import (
+from hookd.rpc.frame import (
     REMOTE_PROGRAM,
     Frame,
     FrameDecoder,
@@ -32,7 +32,7 @@ from hookd.rpcframe import (
     Status,
     encode,
 )
-from hookd.rpcxdr import CODECS, XdrWriter
+from hookd.rpc.xdr import CODECS, XdrWriter
 from tests.waiting import wait_for
 from tests.harness.guest import nova_domain_xml
 
@@ -46,7 +46,7 @@ SERIAL_RE = re.compile(r"<entry name='serial'>([^<]*)</entry>")
 
 RUNNER = r'''
 import asyncio, json, logging, os, re, signal, sys
-from hookd.proxy import LibvirtProxy
+from hookd.rpc.proxy import LibvirtProxy
 
 cfg = json.loads(sys.argv[1])
 logging.basicConfig(level=logging.DEBUG, filename=cfg["log"],
@@ -651,7 +651,7 @@ def test_stale_socket_replaced_and_listen_fd_adopted(libvirt_hosts, proxies, tmp
 
     # A second proxy refuses to take over a socket that is in use.
     blocked = subprocess.run(
-        [PY, "-c", "import asyncio, sys; from hookd.proxy import LibvirtProxy; "
+        [PY, "-c", "import asyncio, sys; from hookd.rpc.proxy import LibvirtProxy; "
          "p = LibvirtProxy(listen_path=sys.argv[1], upstream_path=sys.argv[2], rewrite=None, "
          "on_error=None, allowed_gid=None); asyncio.run(p.start())", str(stale), str(host.socket_path)],
         capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(REPO)})

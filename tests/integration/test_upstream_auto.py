@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from hookd import upstream
+from hookd.rpc import upstream
 from tests.conftest import run_hookctl
 from tests.domains import UUID, domain
 from tests.harness.hookcall import ask_prepare

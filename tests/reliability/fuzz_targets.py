@@ -1,7 +1,7 @@
 """Coverage-guided fuzz targets (atheris / libFuzzer) for hookd's two untrusted-input parsers.
 
-    fuzz_targets.py xml    [libFuzzer flags] CORPUS_DIR   hookd.engine.evaluate on domain XML bytes
-    fuzz_targets.py frames [libFuzzer flags] CORPUS_DIR   hookd.rpcframe.FrameDecoder + hookd.rpcxdr codecs
+    fuzz_targets.py xml    [libFuzzer flags] CORPUS_DIR   hookd.decision.evaluate on domain XML bytes
+    fuzz_targets.py frames [libFuzzer flags] CORPUS_DIR   hookd.rpc.frame.FrameDecoder + hookd.rpc.xdr codecs
     fuzz_targets.py seed   xml|frames DIR                 write the seed corpus into DIR
 
 Run by tests/reliability/test_fuzz.py with the interpreter of the fuzz virtualenv
@@ -31,14 +31,16 @@ AS_LIMIT = 2 * 1024 * 1024 * 1024
 def _import_targets():
     import atheris
     with atheris.instrument_imports(include=["hookd"]):
-        from hookd import engine, errors, policy, rpcframe, rpcxdr  # noqa: F401
+        from hookd import decision as engine, errors
+        from hookd.policy import serial as policy
+        from hookd.rpc import frame as rpcframe, xdr as rpcxdr  # noqa: F401
     return atheris
 
 
 # ------------------------------------------------------------------------------ XML
 
 def _policies():
-    from hookd.policy import PolicyConfig, Rule, SerialTemplate
+    from hookd.policy.serial import PolicyConfig, Rule, SerialTemplate
     return [
         PolicyConfig(),
         PolicyConfig(mode="template", template=SerialTemplate.compile("VM-{name}-{flavor}")),
@@ -50,9 +52,9 @@ def _policies():
 
 
 def xml_target():
-    from hookd.engine import evaluate
+    from hookd.decision import evaluate
     from hookd.errors import XmlError
-    from hookd.policy import VERDICT_REWRITE, serial_problem
+    from hookd.policy.serial import VERDICT_REWRITE, serial_problem
     policies = _policies()
 
     def one(data: bytes) -> None:
@@ -79,9 +81,9 @@ def xml_seeds():
 # --------------------------------------------------------------------------- frames
 
 def frames_target():
-    from hookd import rpcframe, rpcxdr
-    from hookd.rpcframe import FrameDecoder, FrameError
-    from hookd.rpcxdr import CODECS, XdrError
+    from hookd.rpc import frame as rpcframe, xdr as rpcxdr
+    from hookd.rpc.frame import FrameDecoder, FrameError
+    from hookd.rpc.xdr import CODECS, XdrError
 
     def one(data: bytes) -> None:
         if len(data) < 5:
@@ -136,10 +138,10 @@ def frames_target():
 
 
 def frames_seeds():
-    from hookd.rpcframe import REMOTE_PROGRAM, Header, MessageType, encode
-    from hookd.rpcxdr import CODECS, NonnullDomain, ParamType, TypedParam
-    from hookd.rpcxdr import DomainCreateXmlArgs, DomainDefineXmlArgs, DomainDefineXmlFlagsArgs
-    from hookd.rpcxdr import DomainMigratePerform3ParamsArgs, DomainMigratePrepare3ParamsArgs
+    from hookd.rpc.frame import REMOTE_PROGRAM, Header, MessageType, encode
+    from hookd.rpc.xdr import CODECS, NonnullDomain, ParamType, TypedParam
+    from hookd.rpc.xdr import DomainCreateXmlArgs, DomainDefineXmlArgs, DomainDefineXmlFlagsArgs
+    from hookd.rpc.xdr import DomainMigratePerform3ParamsArgs, DomainMigratePrepare3ParamsArgs
     xml = "<domain type='kvm'><name>x</name><uuid>1b0b8a5e-2c1d-4d7e-9f00-aabbccddeeff</uuid></domain>"
     params = (TypedParam("persistent_xml", ParamType.STRING, xml),
               TypedParam("destination_xml", ParamType.STRING, xml),

@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing (atheris) of the two parsers that read untrusted bytes.
 
-The XML entry point (hookd.engine.evaluate) and the proxy's frame decoder with the
-XDR codecs (hookd.rpcframe + hookd.rpcxdr) are fuzzed at the same time, one process
+The XML entry point (hookd.decision.evaluate) and the proxy's frame decoder with the
+XDR codecs (hookd.rpc.frame + hookd.rpc.xdr) are fuzzed at the same time, one process
 each (2 cores), for HOOKD_FUZZ_SECONDS (default 60) each, with a memory limit and a
 per-input timeout (see fuzz_targets.py). atheris is the suite's one package from
 PyPI: it lives in its own virtualenv (see README.md). If it cannot be installed the
@@ -72,7 +72,7 @@ def test_fuzz_xml_and_frame_decoder(tmp_path, record):
         # lines were there to read peak RSS from.
         ok = proc.returncode == 0 and not artifacts and stats["runs"] > MIN_RUNS \
             and stats["seconds"] >= SECONDS and "rss_mb" in stats and stats["rss_mb"] < RSS_LIMIT_MB
-        what = {"xml": "hookd.engine.evaluate", "frames": "rpcframe.FrameDecoder + rpcxdr codecs"}[name]
+        what = {"xml": "hookd.decision.evaluate", "frames": "rpcframe.FrameDecoder + rpcxdr codecs"}[name]
         record(f"atheris fuzzing {what}", f"no crash/hang/OOM in {SECONDS} s (rss limit {RSS_LIMIT_MB} MiB, "
                f"{PER_INPUT_TIMEOUT_S} s per input), > {MIN_RUNS} inputs",
                f"exit {proc.returncode}; {stats['runs']} inputs in {stats['seconds']} s, coverage {stats.get('cov')}, "

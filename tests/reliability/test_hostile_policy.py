@@ -1,4 +1,4 @@
-"""Hostile input to the policy core (hookd.engine.evaluate): property tests with hypothesis.
+"""Hostile input to the policy core (hookd.decision.evaluate): property tests with hypothesis.
 
 Arbitrary bytes, near-valid Nova domains (the corpus, mutated) and tenant-chosen
 names go through the same entry point the hook handler, the proxy and hookctl use.
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hookd.engine import evaluate
+from hookd.decision import evaluate
 from hookd.errors import XmlError
-from hookd.policy import VERDICT_REWRITE, PolicyConfig, Rule, SerialTemplate, serial_problem
+from hookd.policy.serial import VERDICT_REWRITE, PolicyConfig, Rule, SerialTemplate, serial_problem
 from tests.domains import domain, nova_block
 
 CORPUS = sorted(p for p in (pathlib.Path(__file__).resolve().parents[1] / "data" / "corpus").glob("*.xml")

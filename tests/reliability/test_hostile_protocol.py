@@ -21,16 +21,18 @@ import time
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from hookd import shimwire, wire
-from hookd.rpcframe import MESSAGE_MAX, REMOTE_PROGRAM, Header, MessageType, encode
-from hookd.server import READ_TIMEOUT_S
+from hookd.hookpath import shimwire
+
+from hookd.ipc import wire
+from hookd.rpc.frame import MESSAGE_MAX, REMOTE_PROGRAM, Header, MessageType, encode
+from hookd.hookpath.server import READ_TIMEOUT_S
 from tests.domains import domain
 from tests.reliability.conftest import ask, prepare_msg, status_json, wait_for
 from tests.reliability.test_hostile_policy import attack_docs
 
 SETTINGS = dict(deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-# A handler exception: asyncio's own report of an unhandled one, or hookd.server's
+# A handler exception: asyncio's own report of an unhandled one, or hookd.hookpath.server's
 # "request ... failed" line (the request was dropped because its handler raised).
 CRASH_MARKERS = ("Unhandled exception", "Task exception was never retrieved", "Exception in callback",
                  "connection closed without an answer")

@@ -2,7 +2,7 @@
 
 Owns encode/decode of one request and one reply, their size limits, and the decode
 error that keeps the raw bytes. No business logic: what a request means is
-hookd.hookhandler's concern, who may send one is hookd.server's. The format is the
+hookd.hookpath.handler's concern, who may send one is hookd.hookpath.server's. The format is the
 simplest that C parses safely with fixed buffers: a text header line of decimal
 lengths, then raw bytes (no escaping, so the XML travels byte for byte)::
 
@@ -22,9 +22,9 @@ lengths, then raw bytes (no escaping, so the XML travels byte for byte)::
 - A reply never carries XML: libvirt's ABI check refuses a serial change on migrate and
   restore, and prepare's output is ignored, so the shim's stdout stays empty.
 
-The first four bytes, "HOOK", cannot begin a hook-socket JSON message (hookd.wire: a
+The first four bytes, "HOOK", cannot begin a hook-socket JSON message (hookd.ipc.wire: a
 big-endian length of at most 48 MiB starts with a byte below 0x04), so one socket
-carries both and hookd.server tells them apart by those bytes.
+carries both and hookd.hookpath.server tells them apart by those bytes.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from hookd.errors import ProtocolError
-from hookd.xmlsafe import MAX_XML_BYTES
+from hookd.xml.safe import MAX_XML_BYTES
 
 MAGIC = b"HOOKD1"
-#: What hookd.server reads to tell a shim request from a JSON message.
+#: What hookd.hookpath.server reads to tell a shim request from a JSON message.
 PREFIX = MAGIC[:4]
 MAX_XML = MAX_XML_BYTES
 MAX_FIELD = 4096

@@ -3,7 +3,7 @@
 Owns the pin store interface and the embedded SQLite store (state_dir/pins.sqlite),
 which serves one host and live migration (the XML carries the serial across). A
 cloud where instances cold-migrate or evacuate needs every host to know a pin
-before the instance starts there: hookd.etcdstore keeps them in etcd. Lookups never
+before the instance starts there: hookd.stores.etcd keeps them in etcd. Lookups never
 block on the network: they are served from a local file or memory.
 
 Pins are first-writer-wins: `pin_if_absent` returns the serial that is pinned after
@@ -16,10 +16,10 @@ import os
 import sqlite3
 from typing import Dict, Optional
 
-from hookd.audit import now_iso
+from hookd.stores.audit import now_iso
 from hookd.errors import StoreError
-from hookd.model import canonical_uuid
-from hookd.policy import serial_problem
+from hookd.policy.model import canonical_uuid
+from hookd.policy.serial import serial_problem
 
 PINS_DB = "pins.sqlite"
 SCHEMA = """
@@ -148,7 +148,7 @@ class UnavailableStore:
 def open_store(config, host: str = ""):
     """The pin store the configuration names (hookctl and the daemon alike)."""
     if config.store.backend == "etcd":
-        from hookd.etcdstore import EtcdPinStore
+        from hookd.stores.etcd import EtcdPinStore
         return EtcdPinStore(config.store, host=host, state_dir=config.daemon.state_dir)
     return SqlitePinStore(config.daemon.state_dir, host=host)
 
@@ -194,7 +194,7 @@ class PinnedEvaluator:
     def evaluate(self, data: bytes, policy, *, rewrite: bool, what: str, op: str):
         """The Evaluation, after pinning the serial preserve mode asked for (op: the
         hook or proxy call that saw the instance first)."""
-        from hookd.engine import evaluate
+        from hookd.decision import evaluate
         ev = evaluate(data, policy, rewrite=rewrite, what=what, pins=self.lookup)
         d = ev.decision
         if d.new_pin is None or self.store is None:

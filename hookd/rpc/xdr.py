@@ -24,7 +24,7 @@ Decoding is strict (non-zero padding, trailing bytes and truncation are
 errors) so that encoding an unchanged decoded value gives back the identical
 bytes; every other param and field is re-encoded byte-identically.
 
-It must not do: framing (hookd.rpcframe), I/O, policy.
+It must not do: framing (hookd.rpc.frame), I/O, policy.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ decoder that cuts a byte stream into complete messages while keeping every
 message's exact raw bytes.
 
 It must not do: any I/O, any decoding of a procedure's arguments (that is
-hookd.rpcxdr), any policy. It never changes a byte it was not asked to change.
+hookd.rpc.xdr), any policy. It never changes a byte it was not asked to change.
 
 Wire format (all XDR, RFC 4506, big-endian)::
 
@@ -25,7 +25,7 @@ not part of the message: libvirt (gnulib's sendfd) sends every descriptor with
 SCM_RIGHTS attached to a one-byte write of its own, after the message. The
 decoder therefore holds such a message back until those carrier bytes have
 arrived and hands them over in ``Frame.fd_carrier``; which descriptor came with
-which byte is the transport's business (hookd.proxy).
+which byte is the transport's business (hookd.rpc.proxy).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Owns encode/decode of a single message, the size limit, and the decode error that
 keeps the raw bytes it could not read. No business logic: what a message means is
 hookd.daemon's concern. These are hookctl's control calls (status, reconcile); the
-qemu hook shim speaks hookd.shimwire on the same socket.
+qemu hook shim speaks hookd.hookpath.shimwire on the same socket.
 
     message = length:uint32 big-endian | body: UTF-8 JSON object of `length` bytes
 """
@@ -64,7 +64,7 @@ def decode(data: bytes) -> dict:
 async def read_message(reader: asyncio.StreamReader, limit: int = MAX_MESSAGE, head: bytes = b"") -> dict:
     """Read one message from a stream; EOF before a header raises EOFError.
 
-    `head` is the header if the caller already read it (hookd.server reads four bytes
+    `head` is the header if the caller already read it (hookd.hookpath.server reads four bytes
     to tell a JSON message from a shim request)."""
     if not head:
         try:

@@ -1,6 +1,6 @@
 """What the libvirt proxy does with a domain definition that passes through it.
 
-Owns the callback hookd.proxy calls for every intercepted definition: decide with
+Owns the callback hookd.rpc.proxy calls for every intercepted definition: decide with
 the policy, return the rewritten XML (or None to forward the original bytes), and
 record the decision in the audit log as operation `define` (or
 `migrate-persistent` for a live migration's persistent XML). The proxy itself
@@ -13,11 +13,11 @@ import logging
 from collections import Counter
 from typing import Callable, Optional
 
-from hookd.audit import AuditLog
+from hookd.stores.audit import AuditLog
 from hookd.config import Config
-from hookd.store import PinnedEvaluator
+from hookd.stores.pins import PinnedEvaluator
 
-log = logging.getLogger("hookd.proxy.policy")
+log = logging.getLogger("hookd.rpc.proxy.policy")
 
 #: Proxy op names -> audit operation.
 AUDIT_OPERATION = {

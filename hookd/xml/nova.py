@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Dict, Optional
 
-from hookd.model import NovaInstance, NovaPort
+from hookd.policy.model import NovaInstance, NovaPort
 
 NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
 NOVA_NS_1_0 = NOVA_NS_PREFIX + "1.0"

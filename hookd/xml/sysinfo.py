@@ -13,7 +13,7 @@ from typing import Optional
 
 from lxml import etree
 
-from hookd.model import SysinfoFacts
+from hookd.policy.model import SysinfoFacts
 
 SYSINFO_TAG = "sysinfo"
 SYSINFO_TYPE = "smbios"

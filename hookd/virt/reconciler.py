@@ -9,9 +9,9 @@ never touch the live definition, and never redefine a compliant definition
 check is what keeps that from looping). It works on one domain at a time and
 rate-limits its defines, so a sweep of a busy host cannot flood libvirtd.
 
-It runs only inside hookd.libvirtworker (its libvirt calls block), and it writes
+It runs only inside hookd.virt.worker (its libvirt calls block), and it writes
 no audit rows itself: it hands them to the `record` callable it was given. Pins
-(hookd.store) are looked up through the `pins` callable, never written here: a
+(hookd.stores.pins) are looked up through the `pins` callable, never written here: a
 preserve-mode instance is pinned on first sight by the hook or proxy path.
 
 Domains it leaves alone, each reported as `skipped` with the reason:
@@ -37,11 +37,11 @@ from typing import Awaitable, Callable, Dict, List, Optional, Tuple
 
 import libvirt
 
-from hookd.audit import now_iso
+from hookd.stores.audit import now_iso
 from hookd.config import Config
-from hookd.engine import Evaluation, evaluate
+from hookd.decision import Evaluation, evaluate
 from hookd.errors import HookdError
-from hookd.policy import VERDICT_COMPLIANT, VERDICT_REWRITE
+from hookd.policy.serial import VERDICT_COMPLIANT, VERDICT_REWRITE
 
 log = logging.getLogger("hookd.reconcile")
 

@@ -11,7 +11,7 @@ a serial out of policy (live and saved definition).
 It must not change anything: it never writes a file, never redefines a domain,
 never signals a process, and opens libvirt read-only. It must never hang: every
 libvirt call runs in a child process killed at a deadline (see _probe_libvirt), and
-socket checks use timeouts. Policy decisions come from hookd.engine only; this
+socket checks use timeouts. Policy decisions come from hookd.decision only; this
 module has no policy logic of its own.
 """
 
@@ -33,9 +33,9 @@ from typing import Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from hookd.errors import HookdError
-from hookd.qemuproc import start_ticks
+from hookd.virt.qemuproc import start_ticks
 
-log = logging.getLogger("hookd.doctor")
+log = logging.getLogger("hookd.cli.doctor")
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d"
@@ -142,7 +142,7 @@ def check_config(path: Optional[str]):
 
 
 def _find_shim(hooks_dir: str) -> Optional[str]:
-    from hookd.cli import SHIM_NAME
+    from hookd.cli.main import SHIM_NAME
     default = os.path.join(hooks_dir, SHIM_NAME)
     if os.path.lexists(default):
         return default
@@ -162,7 +162,7 @@ def _find_shim(hooks_dir: str) -> Optional[str]:
 
 
 def check_shim(hooks_dir: str, cfg) -> Tuple[Check, Optional[str]]:
-    from hookd.cli import SHIM_DEFAULTS, SHIM_NAME, parse_shim_settings
+    from hookd.cli.main import SHIM_DEFAULTS, SHIM_NAME, parse_shim_settings
     install = f"hookctl install-hook {hooks_dir}"
     if not os.path.isdir(hooks_dir):
         return Check(FAIL, "shim", f"hooks directory {hooks_dir} does not exist",
@@ -274,7 +274,7 @@ def check_libvirtd_start(hooks_dir: str, shim: Optional[str]) -> Check:
 
 
 def check_daemon(cfg) -> Tuple[Check, Optional[dict]]:
-    from hookd.cli import ask_daemon
+    from hookd.cli.main import ask_daemon
     from hookd.errors import HookdError
     from hookd.config import DaemonSettings
     sock = (cfg.daemon if cfg is not None else DaemonSettings()).socket
@@ -304,7 +304,7 @@ def check_libvirt_socket(cfg, exists=os.path.exists) -> Check:
     """The proxy's upstream, and whether it is the daemon that runs the qemu hooks: on a
     modular host (virtqemud-sock present) that is virtqemud, and libvirt-sock is
     virtproxyd's, one more hop in front of it."""
-    from hookd import upstream
+    from hookd.rpc import upstream
     from hookd.config import DaemonSettings
     up = upstream.resolve((cfg.daemon if cfg is not None else DaemonSettings()).libvirt_socket, exists)
     hooks_run_in = "virtqemud" if exists(upstream.MODULAR_SOCKET) else "libvirtd"
@@ -454,9 +454,9 @@ def check_libvirt_version(uri: str, probe: ProbeResult, cfg) -> Check:
 def check_guests(probe: ProbeResult, cfg, pins=None) -> Check:
     """Every domain's live and saved serial against the policy *and the pins*, as the hook,
     the proxy and `hookctl explain` decide (a pinned legacy serial is in policy)."""
-    from hookd.engine import evaluate
+    from hookd.decision import evaluate
     from hookd.errors import HookdError
-    from hookd.policy import VERDICT_NOT_APPLICABLE, VERDICT_NOT_NOVA, VERDICT_REWRITE
+    from hookd.policy.serial import VERDICT_NOT_APPLICABLE, VERDICT_NOT_NOVA, VERDICT_REWRITE
     if probe.lib_version is None:
         return Check(WARN, "guests", "not checked: libvirt unreachable", "see the libvirt check")
     if cfg is None:
@@ -649,7 +649,7 @@ def check_store(cfg, status: Optional[dict]) -> Check:
 # ------------------------------------------------------------------ main
 
 def run_checks(args) -> List[Check]:
-    from hookd.cli import CliError
+    from hookd.cli.main import CliError
     if not 0.5 <= args.timeout <= 600:
         raise CliError(f"--timeout must be between 0.5 and 600 seconds, got {args.timeout:g}")
     checks: List[Check] = []
@@ -683,7 +683,7 @@ def run_checks(args) -> List[Check]:
 def _pins(cfg):
     """The pin lookup explain uses; a store doctor cannot read is reported by the store
     check, and the guests are then judged without pins."""
-    from hookd.store import read_only_pin_lookup
+    from hookd.stores.pins import read_only_pin_lookup
     if cfg is None:
         return None
     try:

@@ -2,7 +2,7 @@
 
 Owns argument parsing, reading input files, and turning results into text or
 JSON, and every error into one line on stderr with a non-zero exit. Decisions come
-from hookd.engine; daemon queries go over the hook socket (hookd.wire); the audit
+from hookd.decision; daemon queries go over the hook socket (hookd.ipc.wire); the audit
 is read straight from the state store. It never edits libvirt's files.
 """
 
@@ -18,7 +18,7 @@ from typing import Optional
 from hookd import __version__
 from hookd.errors import HookdError
 from hookd.ledger import LIFECYCLE, fold_boots
-from hookd.xmlsafe import MAX_XML_BYTES
+from hookd.xml.safe import MAX_XML_BYTES
 
 log = logging.getLogger("hookd.cli")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -53,12 +53,12 @@ EXPLAIN_FIELDS = ("domain", "instance_uuid", "verdict", "serial_current", "seria
 
 
 def _pin_lookup(cfg):
-    from hookd.store import read_only_pin_lookup
+    from hookd.stores.pins import read_only_pin_lookup
     return read_only_pin_lookup(cfg)
 
 
 def cmd_explain(args) -> int:
-    from hookd.engine import evaluate
+    from hookd.decision import evaluate
     cfg = _load_config(args)
     source = "stdin" if args.xml == "-" else args.xml
     ev = evaluate(read_input(args.xml), cfg.policy, rewrite=False, what=source, pins=_pin_lookup(cfg))
@@ -79,7 +79,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_rewrite(args) -> int:
-    from hookd.engine import evaluate
+    from hookd.decision import evaluate
     cfg = _load_config(args)
     data = read_input(args.xml)
     source = "stdin" if args.xml == "-" else args.xml
@@ -104,8 +104,8 @@ SHIM_NAME = "50-hookd"
 SHIM_BINARY_PATHS = ("/usr/lib/hookd/hookd-shim", "/usr/libexec/hookd/hookd-shim")
 #: The shim's C source: a source checkout's hooks/, or the copy a wheel carries.
 SHIM_SOURCE_PATHS = (
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hooks", "hookd-shim.c"),
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "hookd-shim.c"),
+    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "hooks", "hookd-shim.c"),
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "hookd-shim.c"),
 )
 SHIM_CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong")
 #: struct sockaddr_un's sun_path, NUL included.
@@ -262,8 +262,8 @@ def parse_since(text: str) -> str:
 
 
 def cmd_audit(args) -> int:
-    from hookd import audit
-    from hookd.model import canonical_uuid
+    from hookd.stores import audit
+    from hookd.policy.model import canonical_uuid
     state_dir = args.state_dir or _load_config(args).daemon.state_dir
     instance = None
     if args.instance:
@@ -320,7 +320,7 @@ def _print_boots(rows, since, args) -> int:
 def ask_daemon(socket_path: str, message: dict, timeout: float = 5.0) -> dict:
     import socket
     import time
-    from hookd import wire
+    from hookd.ipc import wire
     deadline = time.monotonic() + timeout
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -390,7 +390,7 @@ def cmd_status(args) -> int:
 
 
 def _cmd_doctor(args) -> int:
-    from hookd import doctor
+    from hookd.cli import doctor
     return doctor.cmd_doctor(args)
 
 
@@ -416,14 +416,14 @@ def cmd_reconcile(args) -> int:
 # ----------------------------------------------------------------------- pins
 
 def _store(args):
-    from hookd.store import open_store
+    from hookd.stores.pins import open_store
     import socket as _socket
     return open_store(_load_config(args), host=_socket.gethostname())
 
 
 def cmd_pin(args) -> int:
     store = _store(args)
-    from hookd.store import check_pin
+    from hookd.stores.pins import check_pin
     uuid, serial = check_pin(args.instance, args.serial)
     store.set(uuid, serial, source="hookctl pin")
     print(f"pinned {uuid} to {serial!r} ({store.backend} store)")
@@ -446,7 +446,7 @@ def cmd_pins(args) -> int:
     if args.import_file is not None:
         return _import_pins(args)
     if args.export:
-        from hookd import pinfile
+        from hookd.cli import pinfile
         sys.stdout.write(pinfile.export(_store(args).all(), args.format or "csv"))
         return EXIT_OK
     pins = _store(args).all()
@@ -461,8 +461,8 @@ def cmd_pins(args) -> int:
 
 def _import_pins(args) -> int:
     """`hookctl pins --import FILE`: create-if-absent for every row; a bad file writes nothing."""
-    from hookd import pinfile
-    from hookd.store import PINS_DB
+    from hookd.cli import pinfile
+    from hookd.stores.pins import PINS_DB
     path = args.import_file
     source = "stdin" if path == "-" else path
     fmt = pinfile.guess_format(path, args.format)
@@ -516,8 +516,8 @@ def _import_pins(args) -> int:
 def cmd_adopt(args) -> int:
     """Pin every Nova guest on this host to the serial it runs (or is defined) with now."""
     import libvirt
-    from hookd.engine import evaluate
-    from hookd.policy import serial_problem, VERDICT_NOT_APPLICABLE, VERDICT_NOT_NOVA
+    from hookd.decision import evaluate
+    from hookd.policy.serial import serial_problem, VERDICT_NOT_APPLICABLE, VERDICT_NOT_NOVA
     cfg = _load_config(args)
     store = _store(args)
     uri = args.libvirt_uri or cfg.daemon.libvirt_uri
@@ -568,7 +568,7 @@ def cmd_adopt(args) -> int:
 # ------------------------------------------------------------------------ parser
 
 def pinfile_formats() -> tuple:
-    from hookd.pinfile import FORMATS
+    from hookd.cli.pinfile import FORMATS
     return FORMATS
 
 
@@ -634,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_opt(sp)
 
     sp = add("doctor", _cmd_doctor, "check this hypervisor's hookd setup; one OK/WARN/FAIL line per check")
-    from hookd import doctor
+    from hookd.cli import doctor
     doctor.configure_parser(sp)
     config_opt(sp)
 

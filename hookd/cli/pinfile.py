@@ -1,9 +1,9 @@
 """Pin files: importing and exporting many pins at once (`hookctl pins --import/--export`).
 
 Owns reading a file of (instance UUID, serial) rows in CSV or JSON, validating every
-row like any pin (hookd.store.check_pin), classifying each row against the pins a
+row like any pin (hookd.stores.pins.check_pin), classifying each row against the pins a
 store already holds, and writing pins back in the same formats. It decides nothing
-about serials and never writes a store itself: hookd.cli does, create-if-absent
+about serials and never writes a store itself: hookd.cli.main does, create-if-absent
 (first writer wins; an existing pin is never overwritten).
 
 Formats (the same for import and export):
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from hookd.errors import HookdError, StoreError
-from hookd.model import canonical_uuid
-from hookd.store import check_pin
+from hookd.policy.model import canonical_uuid
+from hookd.stores.pins import check_pin
 
 FORMATS = ("csv", "json")
 COLUMNS = ("instance_uuid", "serial")

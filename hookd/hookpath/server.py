@@ -2,9 +2,9 @@
 
 Owns the listening UNIX socket (created 0600, or inherited from systemd socket
 activation), the SO_PEERCRED check on every connection, bounded reads, and the
-dispatch of decoded messages: a shim request (hookd.shimwire, told apart by its first
-four bytes) to the hook handler, a JSON message (hookd.wire, hookctl's control calls)
-to the daemon. It does not decide anything (see hookd.hookhandler) and holds no policy.
+dispatch of decoded messages: a shim request (hookd.hookpath.shimwire, told apart by its first
+four bytes) to the hook handler, a JSON message (hookd.ipc.wire, hookctl's control calls)
+to the daemon. It does not decide anything (see hookd.hookpath.handler) and holds no policy.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import struct
 import sys
 from typing import Awaitable, Callable, Optional, Set
 
-from hookd import shimwire
+from hookd.hookpath import shimwire
 from hookd.errors import HookdError, ProtocolError
-from hookd.wire import HEADER, encode, read_message
+from hookd.ipc.wire import HEADER, encode, read_message
 
-log = logging.getLogger("hookd.server")
+log = logging.getLogger("hookd.hookpath.server")
 
 _UCRED = struct.Struct("3i")        # struct ucred: pid, uid, gid
 #: A shim sends its request at once; a peer that does not is dropped, so a stuck

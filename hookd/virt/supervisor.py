@@ -1,10 +1,10 @@
-"""The daemon's side of the libvirt worker (hookd.libvirtworker).
+"""The daemon's side of the libvirt worker (hookd.virt.worker).
 
 The worker process holds hookd's own libvirt connection (events, reconciler), so
 that the process serving hooks never makes a blocking libvirt call: while a qemu
 hook runs, libvirt locks its domain and even list calls, and the hook is waiting
 on this daemon. This module owns spawning the worker (with one end of a
-socketpair, hookd.wire framing both ways), restarting it with backoff when it
+socketpair, hookd.ipc.wire framing both ways), restarting it with backoff when it
 dies, stopping it by pid, forwarding hook notes, reloads and reconcile requests,
 keeping the latest status it reported, writing the audit rows it sends (the
 daemon stays the audit log's single writer) through the boot ledger (hookd.ledger:
@@ -27,12 +27,12 @@ import sys
 import time
 from typing import Callable, Dict, Optional
 
-from hookd import wire
-from hookd.audit import COLUMNS
+from hookd.ipc import wire
+from hookd.stores.audit import COLUMNS
 from hookd.errors import HookdError
 from hookd.ledger import BootLedger, RunningBoot, close_row, observe_row
 
-log = logging.getLogger("hookd.supervisor")
+log = logging.getLogger("hookd.virt.supervisor")
 
 #: Restart delays after consecutive failures: 1, 2, 4 ... 60 s. A worker that ran
 #: this long counts as healthy again, and the next failure starts over at 1 s.
@@ -78,7 +78,7 @@ class WorkerSupervisor:
         self._down_reason: Optional[str] = "not started"
         self._next_id = 0
         self._pending: Dict[int, asyncio.Future] = {}
-        #: The daemon's pin lookup (hookd.store.PinnedEvaluator.lookup): the worker asks
+        #: The daemon's pin lookup (hookd.stores.pins.PinnedEvaluator.lookup): the worker asks
         #: for pins through us, so the daemon stays the pin store's one owner.
         self.lookup_pin: Optional[Callable[[str], Optional[str]]] = None
         #: Open boots of this host, from the audit log: every STARTED/STOPPED row and
@@ -105,7 +105,7 @@ class WorkerSupervisor:
             return
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        argv = [sys.executable, "-m", "hookd.libvirtworker", "--fd", str(theirs.fileno())]
+        argv = [sys.executable, "-m", "hookd.virt.worker", "--fd", str(theirs.fileno())]
         if self.config_path:
             argv += ["--config", self.config_path]
         # systemd's notify, watchdog and socket-activation variables are the daemon's alone.

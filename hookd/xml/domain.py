@@ -1,17 +1,17 @@
 """The libvirt <domain> document: identity, type and architecture.
 
 Owns the paths to the domain-level facts hookd needs and `parse_domain`, which
-assembles a hookd.model.DomainFacts from a parsed document by asking the sysinfo
+assembles a hookd.policy.model.DomainFacts from a parsed document by asking the sysinfo
 and Nova modules for their parts. It does not decide anything and never edits the
 document (sysinfoxml does the only edit hookd makes).
 """
 
 from __future__ import annotations
 
-from hookd import novaxml, sysinfoxml
+from hookd.xml import nova as novaxml, sysinfo as sysinfoxml
 from hookd.errors import XmlError
-from hookd.model import DomainFacts, canonical_uuid
-from hookd.xmlsafe import parse_xml
+from hookd.policy.model import DomainFacts, canonical_uuid
+from hookd.xml.safe import parse_xml
 
 ROOT_TAG = "domain"
 PATH_NAME = "name"
@@ -22,7 +22,7 @@ ATTR_TYPE = "type"
 
 
 def parse_domain(root) -> DomainFacts:
-    """Read the facts of a parsed domain document (see hookd.xmlsafe.parse_xml)."""
+    """Read the facts of a parsed domain document (see hookd.xml.safe.parse_xml)."""
     if root.tag != ROOT_TAG:
         raise XmlError(f"root element is <{_local(root.tag)}>, not <domain>")
     uuid_el = root.find(PATH_UUID)

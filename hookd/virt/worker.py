@@ -1,19 +1,19 @@
 """hookd's libvirt worker: the one process of hookd that is a libvirt client.
 
-Started and supervised by the daemon (hookd.supervisor) as
-`python3 -m hookd.libvirtworker --fd N [--config PATH]`, it talks to the daemon
-over the socketpair end N (hookd.wire framing both ways). It owns:
+Started and supervised by the daemon (hookd.virt.supervisor) as
+`python3 -m hookd.virt.worker --fd N [--config PATH]`, it talks to the daemon
+over the socketpair end N (hookd.ipc.wire framing both ways). It owns:
 
   - the connection to `[hookd] libvirt_uri`, with keepalive, a close callback and
     reconnection with backoff when libvirtd restarts (then it resubscribes and
     sweeps, since events were missed meanwhile);
   - libvirt lifecycle events, turned into audit rows (`started`, `stopped`,
     `defined`, `undefined`) that it sends to the daemon, the single writer of the
-    audit log; a STARTED row carries the boot key (hookd.qemuproc);
+    audit log; a STARTED row carries the boot key (hookd.virt.qemuproc);
   - the resync for the daemon's boot ledger (hookd.ledger): after every connect,
     once the events already queued are sent, the running domains with their boot
     keys and serials, since libvirt does not replay the events missed meanwhile;
-  - running hookd.reconciler: a sweep at start, after each reconnect, every
+  - running hookd.virt.reconciler: a sweep at start, after each reconnect, every
     `[reconcile] interval` seconds and after a configuration reload; one domain
     after its DEFINED or STARTED event; and `hookctl reconcile` on request.
 
@@ -46,12 +46,16 @@ from typing import Dict, Optional, Tuple
 import libvirt
 import libvirtaio
 
-from hookd import qemuproc, upstream, wire
-from hookd.audit import now_iso
+from hookd.ipc import wire
+
+from hookd.rpc import upstream
+
+from hookd.virt import qemuproc
+from hookd.stores.audit import now_iso
 from hookd.config import Config, load_config
-from hookd.engine import evaluate
+from hookd.decision import evaluate
 from hookd.errors import HookdError
-from hookd.reconciler import ReconcileError, Reconciler
+from hookd.virt.reconciler import ReconcileError, Reconciler
 
 log = logging.getLogger("hookd.worker")
 

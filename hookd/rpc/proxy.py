@@ -10,10 +10,10 @@ check), one upstream connection per admitted client, the byte-for-byte relay in
 both directions (replies, events, keepalives, streams, errors, and the file
 descriptors that WITH_FDS messages pass with SCM_RIGHTS), bounded buffering with
 backpressure, and the interception of the client->libvirtd calls listed in
-hookd.rpcxdr.CODECS.
+hookd.rpc.xdr.CODECS.
 
 It must not do: policy (the ``rewrite`` callback decides), audit (the callback
-records it), framing or XDR details (hookd.rpcframe, hookd.rpcxdr), threads.
+records it), framing or XDR details (hookd.rpc.frame, hookd.rpc.xdr), threads.
 It never breaks a definition it does not understand: on any decode or rewrite
 failure the original bytes are forwarded untouched and ``on_error`` is called.
 
@@ -38,8 +38,8 @@ import time
 from typing import Callable
 
 from hookd.errors import HookdError
-from hookd.server import adopt_listener
-from hookd.rpcframe import (
+from hookd.hookpath.server import adopt_listener
+from hookd.rpc.frame import (
     CALL_TYPES,
     MESSAGE_MAX,
     NUM_FDS_MAX,
@@ -48,7 +48,7 @@ from hookd.rpcframe import (
     FrameDecoder,
     FrameError,
 )
-from hookd.rpcxdr import CODECS, XdrError
+from hookd.rpc.xdr import CODECS, XdrError
 
 #: Bytes asked of the kernel per recvmsg.
 READ_CHUNK = 256 * 1024
@@ -377,7 +377,7 @@ class LibvirtProxy:
         if listen_path is None and listen_fd is None:
             raise HookdError("LibvirtProxy needs listen_path or listen_fd")
         self.listen_path = listen_path
-        #: A path, or a function giving one (hookd.upstream's `auto`, chosen per connection).
+        #: A path, or a function giving one (hookd.rpc.upstream's `auto`, chosen per connection).
         self._upstream_path = upstream_path
         self.max_message = max_message
         self.connect_timeout = connect_timeout
@@ -388,7 +388,7 @@ class LibvirtProxy:
         self._rewrite = rewrite
         self._on_error = on_error
         self._listen_fd = listen_fd
-        self._log = log or logging.getLogger("hookd.proxy")
+        self._log = log or logging.getLogger("hookd.rpc.proxy")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lsock: socket.socket | None = None
         self._created: tuple[str, int, int] | None = None  # (path, st_dev, st_ino) to unlink at close

@@ -1,7 +1,7 @@
 """The serial policy: which SMBIOS system serial one guest must carry, and why.
 
 Owns the policy configuration types, serial validation, template rendering and
-`decide_serial`. It works on hookd.model objects only and must never import lxml
+`decide_serial`. It works on hookd.policy.model objects only and must never import lxml
 or touch XML, files, sockets or libvirt: the config loader builds a PolicyConfig,
 the XML modules build DomainFacts, and this module turns the two into a
 SerialDecision.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, FrozenSet, Optional, Tuple
 
 from hookd.errors import ConfigError
-from hookd.model import DomainFacts, NovaInstance, canonical_uuid
+from hookd.policy.model import DomainFacts, NovaInstance, canonical_uuid
 
 MODES = ("unique", "host", "template", "preserve")
 NON_NOVA_CHOICES = ("ignore", "apply")

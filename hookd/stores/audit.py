@@ -22,7 +22,7 @@ from typing import Iterable, List, Optional
 from hookd.errors import StoreError
 from hookd.ledger import LIFECYCLE
 
-log = logging.getLogger("hookd.audit")
+log = logging.getLogger("hookd.stores.audit")
 
 DB_NAME = "audit.sqlite"
 COLUMNS = ("time", "host", "operation", "domain", "instance_uuid", "nova_name", "project",

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from hookd import domainxml, sysinfoxml
-from hookd.model import DomainFacts
-from hookd.policy import VERDICT_REWRITE, PolicyConfig, SerialDecision, decide_serial
-from hookd.xmlsafe import serialize
+from hookd.xml import domain as domainxml, sysinfo as sysinfoxml
+from hookd.policy.model import DomainFacts
+from hookd.policy.serial import VERDICT_REWRITE, PolicyConfig, SerialDecision, decide_serial
+from hookd.xml.safe import serialize
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Evaluation:
         return self.xml is not None
 
     def audit_fields(self) -> dict:
-        """The audit columns this decision fills (hookd.audit.COLUMNS); the caller adds
+        """The audit columns this decision fills (hookd.stores.audit.COLUMNS); the caller adds
         operation, action and detail."""
         d, nova = self.decision, self.facts.nova
         return {"domain": d.domain, "instance_uuid": d.instance_uuid,

@@ -15,13 +15,13 @@ import time
 from collections import Counter
 from typing import Callable, Dict, Optional, Tuple
 
-from hookd.audit import AuditLog
+from hookd.stores.audit import AuditLog
 from hookd.config import Config
-from hookd.engine import Evaluation
-from hookd.store import PinnedEvaluator
+from hookd.decision import Evaluation
+from hookd.stores.pins import PinnedEvaluator
 from hookd.errors import HookdError
-from hookd.policy import VERDICT_REWRITE
-from hookd.shimwire import ACTION_ALLOW, ACTION_DENY, HookReply, HookRequest
+from hookd.policy.serial import VERDICT_REWRITE
+from hookd.hookpath.shimwire import ACTION_ALLOW, ACTION_DENY, HookReply, HookRequest
 
 log = logging.getLogger("hookd.hook")
 

@@ -11,7 +11,7 @@ etcd holds state, never a log. Two kinds of key, both O(instances):
                         "boot", "operation"} (compact JSON, time first),
                         overwritten in place at every boot.
 
-Of the audit rows hookd.audit.AuditLog hands to `mirror_audit` (all of them),
+Of the audit rows hookd.stores.audit.AuditLog hands to `mirror_audit` (all of them),
 only boots count: `started` (a STARTED event) and `observed` (a boot found
 running after the fact, hookd.ledger). The per-event history stays in each
 host's SQLite audit (`hookctl audit`) and the journal. The queue of unsent boots
@@ -57,11 +57,11 @@ import urllib.parse
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
-from hookd.audit import now_iso
+from hookd.stores.audit import now_iso
 from hookd.errors import StoreError
 from hookd.ledger import OPENS
-from hookd.model import canonical_uuid
-from hookd.store import SqlitePinStore, check_pin
+from hookd.policy.model import canonical_uuid
+from hookd.stores.pins import SqlitePinStore, check_pin
 
 log = logging.getLogger("hookd.etcd")
 
@@ -423,7 +423,7 @@ class EtcdPinStore:
         return serial
 
     def mirror_audit(self, row: dict) -> None:
-        """Every audit row (hookd.audit.AuditLog.mirror). Only a boot is kept: as the
+        """Every audit row (hookd.stores.audit.AuditLog.mirror). Only a boot is kept: as the
         instance's last boot, replacing an older one still queued."""
         record = lastboot_record(row, self.host)
         if record is None:

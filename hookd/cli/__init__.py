@@ -1,0 +1,2 @@
+"""`hookctl`, the operator's command line: its commands, `doctor`, and pin files.
+"""
