@@ -131,7 +131,7 @@ class Daemon:
         await self.server.start()
         self.worker = WorkerSupervisor(self.config_path, self.audit)
         self.handler.on_hook = self.worker.note_hook
-        self.worker.lookup_pin = self.handler.evaluator.lookup     # the reconciler decides with pins too
+        self.worker.lookup_pin = self.handler.decisions.lookup     # the reconciler decides with pins too
         await self.worker.start()
         proxy_fd = fds.get(sd.FD_NAME_PROXY)
         proxy_path = d.proxy_socket if proxy_fd is None else sd.check_inherited_path(

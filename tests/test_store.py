@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from hookd.config import build_config, parse_ini
 from hookd.decision import evaluate
 from hookd.errors import StoreError
-from hookd.stores.pins import PinnedEvaluator, SqlitePinStore
+from hookd.stores.pins import SqlitePinStore
 from tests.domains import HOST_SERIAL, UUID, domain
 
 
@@ -74,50 +72,6 @@ def test_sqlite_store_first_writer_wins_and_survives_reopen(tmp_path):
 def test_store_validates(tmp_path, uuid, serial, fragment):
     with pytest.raises(StoreError, match=fragment):
         SqlitePinStore(str(tmp_path)).set(uuid, serial)
-
-
-def test_pinned_evaluator_pins_once_and_loser_rereads(tmp_path):
-    from hookd.stores.audit import AuditLog, query
-    store = SqlitePinStore(str(tmp_path))
-    ev = PinnedEvaluator(store, logging.getLogger("t"), AuditLog(str(tmp_path / "a")))
-    p = policy("[policy]\nmode = preserve\n")
-    result = ev.evaluate(domain(), p, rewrite=True, what="x", op="define")
-    assert store.get(UUID) == HOST_SERIAL and result.xml is None
-    # Later the regenerated XML carries another host's serial: the pin decides.
-    result = ev.evaluate(domain(serial="OTHER-HOST"), p, rewrite=True, what="x", op="define")
-    assert result.decision.rule == "pin"
-    # one pin row, for the first sight only
-    rows = query(str(tmp_path / "a"))
-    assert [(r["operation"], r["action"], r["serial_wanted"], r["detail"]) for r in rows] == \
-        [("pin", "pinned", HOST_SERIAL, "mode preserve, first seen at define")]
-    assert f"<entry name=\"serial\">{HOST_SERIAL}</entry>".encode() in result.xml
-
-    # A competing writer got there between our lookup and our pin: we take its pin.
-    class Racing(SqlitePinStore):
-        misses = 1
-
-        def get(self, u):
-            if self.misses:                             # our lookup misses ...
-                self.misses -= 1
-                SqlitePinStore(str(tmp_path / "x")).pin_if_absent(u, "WINNER")   # ... the winner writes
-                return None
-            return super().get(u)
-    racing = PinnedEvaluator(Racing(str(tmp_path / "x")), logging.getLogger("t"), AuditLog(str(tmp_path / "b")))
-    result = racing.evaluate(domain(), p, rewrite=True, what="x", op="define")
-    assert result.decision.serial_policy == "WINNER" and result.decision.rule == "pin"
-    assert query(str(tmp_path / "b")) == []          # the loser made no pin, so records none
-
-
-def test_unreadable_store_decides_without_pins_and_logs_once(tmp_path, caplog):
-    class Broken:
-        def get(self, u):
-            raise StoreError("disk gone")
-    ev = PinnedEvaluator(Broken(), logging.getLogger("t"))
-    with caplog.at_level(logging.ERROR):
-        for _ in range(3):
-            r = ev.evaluate(domain(), policy(), rewrite=False, what="x", op="prepare")
-            assert r.decision.serial_policy == UUID
-    assert sum("pin store unreadable" in m for m in caplog.messages) == 1
 
 
 def test_hookctl_pin_commands(tmp_path, hookctl):

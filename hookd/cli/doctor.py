@@ -454,13 +454,14 @@ def check_libvirt_version(uri: str, probe: ProbeResult, cfg) -> Check:
 def check_guests(probe: ProbeResult, cfg, pins=None) -> Check:
     """Every domain's live and saved serial against the policy *and the pins*, as the hook,
     the proxy and `hookctl explain` decide (a pinned legacy serial is in policy)."""
-    from hookd.decision import evaluate
+    from hookd.decision import DecisionService
     from hookd.errors import HookdError
     from hookd.policy.serial import VERDICT_NOT_APPLICABLE, VERDICT_NOT_NOVA, VERDICT_REWRITE
     if probe.lib_version is None:
         return Check(WARN, "guests", "not checked: libvirt unreachable", "see the libvirt check")
     if cfg is None:
         return Check(WARN, "guests", "not checked: the configuration is invalid", "see the config check")
+    decisions = DecisionService.read_only(cfg.policy, pins)
     live_bad, saved_bad, unreadable, not_nova, n_a, ok = [], [], [], 0, 0, 0
     for d in probe.domains:
         name = d.get("name", "?")
@@ -473,8 +474,8 @@ def check_guests(probe: ProbeResult, cfg, pins=None) -> Check:
             if not xml:
                 continue
             try:
-                ev = evaluate(xml.encode("utf-8", "surrogatepass"), cfg.policy, rewrite=False,
-                              what=f"{name} ({which})", pins=pins)
+                ev = decisions.decide(xml.encode("utf-8", "surrogatepass"), op="doctor",
+                                      what=f"{name} ({which})", rewrite=False)
             except HookdError:
                 unreadable.append(name)
                 break

@@ -52,16 +52,17 @@ EXPLAIN_FIELDS = ("domain", "instance_uuid", "verdict", "serial_current", "seria
                   "rule", "mode", "reason", "new_pin")
 
 
-def _pin_lookup(cfg):
+def _decisions(cfg):
+    """The decision path the commands that only look use: the pins are read, never made."""
+    from hookd.decision import DecisionService
     from hookd.stores.pins import read_only_pin_lookup
-    return read_only_pin_lookup(cfg)
+    return DecisionService.read_only(cfg.policy, read_only_pin_lookup(cfg))
 
 
 def cmd_explain(args) -> int:
-    from hookd.decision import evaluate
     cfg = _load_config(args)
     source = "stdin" if args.xml == "-" else args.xml
-    ev = evaluate(read_input(args.xml), cfg.policy, rewrite=False, what=source, pins=_pin_lookup(cfg))
+    ev = _decisions(cfg).decide(read_input(args.xml), op="explain", what=source, rewrite=False)
     d = ev.decision.as_dict()
     if ev.facts.nova is not None:
         d["nova_name"] = ev.facts.nova.name
@@ -79,11 +80,10 @@ def cmd_explain(args) -> int:
 
 
 def cmd_rewrite(args) -> int:
-    from hookd.decision import evaluate
     cfg = _load_config(args)
     data = read_input(args.xml)
     source = "stdin" if args.xml == "-" else args.xml
-    ev = evaluate(data, cfg.policy, what=source, pins=_pin_lookup(cfg))
+    ev = _decisions(cfg).decide(data, op="rewrite", what=source, rewrite=True)
     out = ev.xml if ev.xml is not None else data
     sys.stdout.buffer.write(out)
     sys.stdout.buffer.flush()
@@ -516,7 +516,7 @@ def _import_pins(args) -> int:
 def cmd_adopt(args) -> int:
     """Pin every Nova guest on this host to the serial it runs (or is defined) with now."""
     import libvirt
-    from hookd.decision import evaluate
+    from hookd.decision import DecisionService
     from hookd.policy.serial import serial_problem, VERDICT_NOT_APPLICABLE, VERDICT_NOT_NOVA
     cfg = _load_config(args)
     store = _store(args)
@@ -526,6 +526,9 @@ def cmd_adopt(args) -> int:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as err:
         raise CliError(f"cannot connect to libvirt at {uri}: {err.get_error_message()}") from err
+    # Without pins: adopt asks which guests are Nova's and what they carry now; the
+    # store is read below, for each instance, just before pinning.
+    decisions = DecisionService.read_only(cfg.policy, None)
     pinned = 0
     try:
         for dom in conn.listAllDomains():
@@ -535,7 +538,7 @@ def cmd_adopt(args) -> int:
             except libvirt.libvirtError as err:
                 print(f"skipped   {dom.name()}: {err.get_error_message()}")
                 continue
-            ev = evaluate(xml.encode(), cfg.policy, rewrite=False, what=f"domain {dom.name()}")
+            ev = decisions.decide(xml.encode(), op="adopt", what=f"domain {dom.name()}", rewrite=False)
             d = ev.decision
             current = ev.facts.sysinfo.system_serial
             if d.verdict in (VERDICT_NOT_NOVA, VERDICT_NOT_APPLICABLE):

@@ -17,8 +17,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from hookd.stores.audit import AuditLog
 from hookd.config import Config
-from hookd.decision import Evaluation
-from hookd.stores.pins import PinnedEvaluator
+from hookd.decision import DecisionService, Evaluation
 from hookd.errors import HookdError
 from hookd.policy.serial import VERDICT_REWRITE
 from hookd.hookpath.shimwire import ACTION_ALLOW, ACTION_DENY, HookReply, HookRequest
@@ -41,7 +40,7 @@ class HookHandler:
     def __init__(self, get_config: Callable[[], Config], audit: AuditLog, store=None):
         self._config = get_config
         self.audit = audit
-        self.evaluator = PinnedEvaluator(store, log, audit)
+        self.decisions = DecisionService(lambda: get_config().policy, store=store, audit=audit, log=log)
         self.counters: Counter = Counter()
         self._incoming: Dict[str, Tuple[str, float]] = {}
         #: Told of every hook call (instance UUID, op) so libvirt work on that domain
@@ -57,13 +56,12 @@ class HookHandler:
             return HookReply(ACTION_ALLOW)
         cfg = self._config()
         try:
-            ev = self.evaluator.evaluate(req.xml, cfg.policy, rewrite=False,
-                                         what=f"{op} XML of domain {name!r}", op=op)
+            ev = self.decisions.decide(req.xml, op=op, what=f"{op} XML of domain {name!r}", rewrite=False)
         except HookdError as err:
             # Never break a start because hookd cannot read what libvirt sent.
             self.counters["error"] += 1
             log.error("%s %s: cannot decide: %s; allowing", op, name, err)
-            self.audit.record(operation=op, domain=name, verdict="error", action=ACTION_ALLOW, detail=str(err))
+            self.decisions.record_error(op, ACTION_ALLOW, str(err), domain=name)
             return HookReply(ACTION_ALLOW)
         if self.on_hook is not None:
             self.on_hook(ev.decision.instance_uuid, op)
@@ -83,7 +81,7 @@ class HookHandler:
 
     def _record(self, op: str, ev: Evaluation, action: str, detail: str) -> None:
         self.counters[ev.decision.verdict] += 1
-        self.audit.record(operation=op, action=action, detail=detail, **ev.audit_fields())
+        self.decisions.record(op, ev, action, detail)
 
     def _incoming_call(self, op: str, name: str, ev: Evaluation) -> HookReply:
         d = ev.decision

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from hookd.stores.audit import AuditLog
 from hookd.config import Config
-from hookd.stores.pins import PinnedEvaluator
+from hookd.decision import DecisionService
 
 log = logging.getLogger("hookd.rpc.proxy.policy")
 
@@ -30,16 +30,16 @@ class DefinitionRewriter:
     def __init__(self, get_config: Callable[[], Config], audit: AuditLog, store=None):
         self._config = get_config
         self.audit = audit
-        self.evaluator = PinnedEvaluator(store, log, audit)
+        self.decisions = DecisionService(lambda: get_config().policy, store=store, audit=audit, log=log)
         self.counters: Counter = Counter()
 
     def rewrite(self, op: str, xml: str) -> Optional[str]:
-        ev = self.evaluator.evaluate(xml.encode("utf-8"), self._config().policy, rewrite=True,
-                                     what=f"{op} XML", op=op)
+        # The proxy's strings (libvirt's RPC strings are UTF-8) become bytes at this edge.
+        ev = self.decisions.decide(xml.encode("utf-8"), op=op, what=f"{op} XML", rewrite=True)
         d = ev.decision
         self.counters[d.verdict] += 1
-        self.audit.record(operation=AUDIT_OPERATION.get(op, op), action="rewritten" if ev.xml is not None
-                          else "unchanged", detail=f"{op}: {d.reason}", **ev.audit_fields())
+        self.decisions.record(AUDIT_OPERATION.get(op, op), ev, "rewritten" if ev.xml is not None else "unchanged",
+                              f"{op}: {d.reason}")
         if ev.xml is None:
             return None
         log.info("%s instance %s (%s): serial %r -> %r (%s)", op, d.instance_uuid, d.domain,
@@ -50,5 +50,4 @@ class DefinitionRewriter:
         self.counters["error"] += 1
         log.error("%s: definition forwarded unchanged: %s", op, exc)
         log.debug("details", exc_info=exc)
-        self.audit.record(operation=AUDIT_OPERATION.get(op, op), verdict="error", action="forwarded",
-                          detail=f"{op}: {type(exc).__name__}: {exc}")
+        self.decisions.record_error(AUDIT_OPERATION.get(op, op), "forwarded", f"{op}: {type(exc).__name__}: {exc}")

@@ -39,7 +39,7 @@ import libvirt
 
 from hookd.stores.audit import now_iso
 from hookd.config import Config
-from hookd.decision import Evaluation, evaluate
+from hookd.decision import Evaluation, audit_fields, evaluate
 from hookd.errors import HookdError
 from hookd.policy.serial import VERDICT_COMPLIANT, VERDICT_REWRITE
 
@@ -306,7 +306,7 @@ class Reconciler:
         self._next_define = max(now, self._next_define) + self._interval
 
     def _row(self, ev: Evaluation, action: str, detail: str) -> None:
-        self._record(time=now_iso(), operation="reconcile", action=action, detail=detail, **ev.audit_fields())
+        self._record(time=now_iso(), operation="reconcile", action=action, detail=detail, **audit_fields(ev))
 
     # ---------------------------------------------------------------- sweep
     async def sweep(self, conn, *, fix: bool, why: str) -> List[Item]:

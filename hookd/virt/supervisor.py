@@ -78,7 +78,7 @@ class WorkerSupervisor:
         self._down_reason: Optional[str] = "not started"
         self._next_id = 0
         self._pending: Dict[int, asyncio.Future] = {}
-        #: The daemon's pin lookup (hookd.stores.pins.PinnedEvaluator.lookup): the worker asks
+        #: The daemon's pin lookup (hookd.decision.DecisionService.lookup): the worker asks
         #: for pins through us, so the daemon stays the pin store's one owner.
         self.lookup_pin: Optional[Callable[[str], Optional[str]]] = None
         #: Open boots of this host, from the audit log: every STARTED/STOPPED row and
