@@ -29,38 +29,16 @@ from hookd.config import DEFAULT_CONFIG, Config, load_config
 from hookd.errors import HookdError
 from hookd.hookpath.handler import HookHandler
 from hookd.hookpath.server import LISTEN_BACKLOG, HookServer
-from hookd.stores.pins import UnavailableStore, open_store
+from hookd.stores import open_store
+from hookd.stores.pins import UnavailableStore
 from hookd.virt.supervisor import WorkerSupervisor
+from hookd.logs import setup_logging
 
 log = logging.getLogger("hookd")
 
 #: Coalesce the burst of inotify events one editor save produces into one reload.
 RELOAD_DEBOUNCE_S = 0.2
 SHUTDOWN_GRACE_S = 10.0
-
-def _under_systemd() -> bool:
-    return bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
-
-
-def setup_logging(level: str) -> None:
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    handler: logging.Handler
-    if _under_systemd():
-        try:
-            from systemd.journal import JournalHandler
-            handler = JournalHandler(SYSLOG_IDENTIFIER="hookd")
-            handler.setFormatter(logging.Formatter("%(message)s"))
-        except ImportError:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("hookd: %(levelname)s: %(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s hookd[%(process)d] %(levelname)s %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-
 
 #: Descriptors kept for everything but proxy sessions: the hook socket's connections
 #: during a boot storm (its listen backlog), the audit database, the worker's pipes, the

@@ -684,7 +684,7 @@ def run_checks(args) -> List[Check]:
 def _pins(cfg):
     """The pin lookup explain uses; a store doctor cannot read is reported by the store
     check, and the guests are then judged without pins."""
-    from hookd.stores.pins import read_only_pin_lookup
+    from hookd.stores import read_only_pin_lookup
     if cfg is None:
         return None
     try:

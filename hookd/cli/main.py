@@ -55,7 +55,7 @@ EXPLAIN_FIELDS = ("domain", "instance_uuid", "verdict", "serial_current", "seria
 def _decisions(cfg):
     """The decision path the commands that only look use: the pins are read, never made."""
     from hookd.decision import DecisionService
-    from hookd.stores.pins import read_only_pin_lookup
+    from hookd.stores import read_only_pin_lookup
     return DecisionService.read_only(cfg.policy, read_only_pin_lookup(cfg))
 
 
@@ -416,7 +416,7 @@ def cmd_reconcile(args) -> int:
 # ----------------------------------------------------------------------- pins
 
 def _store(args):
-    from hookd.stores.pins import open_store
+    from hookd.stores import open_store
     import socket as _socket
     return open_store(_load_config(args), host=_socket.gethostname())
 

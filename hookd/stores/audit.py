@@ -11,7 +11,6 @@ failure is logged once, and the queue is flushed when writing works again.
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import logging
 import os
 import socket
@@ -19,6 +18,7 @@ import sqlite3
 from collections import deque
 from typing import Iterable, List, Optional
 
+from hookd.clock import now_iso
 from hookd.errors import StoreError
 from hookd.ledger import LIFECYCLE
 
@@ -59,10 +59,6 @@ PENDING_MAX = 100_000
 #: While the disk refuses rows, try again this often (seconds), so queued rows reach
 #: the disk once it recovers even when no new event comes (a quiet host).
 RETRY_S = 2.0
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def db_path(state_dir: str) -> str:

@@ -57,7 +57,7 @@ import urllib.parse
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
-from hookd.stores.audit import now_iso
+from hookd.clock import now_iso
 from hookd.errors import StoreError
 from hookd.ledger import OPENS
 from hookd.policy.model import canonical_uuid

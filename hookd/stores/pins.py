@@ -16,7 +16,7 @@ import os
 import sqlite3
 from typing import Dict, Optional
 
-from hookd.stores.audit import now_iso
+from hookd.clock import now_iso
 from hookd.errors import StoreError
 from hookd.policy.model import canonical_uuid
 from hookd.policy.serial import serial_problem
@@ -143,19 +143,3 @@ class UnavailableStore:
 
     async def aclose(self) -> None:
         """Nothing to close."""
-
-
-def open_store(config, host: str = ""):
-    """The pin store the configuration names (hookctl and the daemon alike)."""
-    if config.store.backend == "etcd":
-        from hookd.stores.etcd import EtcdPinStore
-        return EtcdPinStore(config.store, host=host, state_dir=config.daemon.state_dir)
-    return SqlitePinStore(config.daemon.state_dir, host=host)
-
-
-def read_only_pin_lookup(config):
-    """Pin lookups for the commands that only look (explain, rewrite, doctor): they never
-    create a store or a pin. None when the SQLite store does not exist yet (no pins)."""
-    if config.store.backend == "sqlite" and not os.path.exists(os.path.join(config.daemon.state_dir, PINS_DB)):
-        return None
-    return open_store(config).get

@@ -20,11 +20,12 @@ It reads /proc and one SO_PEERCRED; it never calls libvirt and decides nothing.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import os
 import socket
 import struct
 from typing import Optional, Tuple
+
+from hookd.clock import iso_from_epoch
 
 PID_DIR = "/run/libvirt/qemu"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -132,8 +133,6 @@ def _boot_time() -> Optional[float]:
     return None
 
 
-def _iso(epoch: float) -> str:
-    return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def qemu_start(uuid: str, name: str, libvirtd_pid: Optional[int]) -> Optional[QemuStart]:
@@ -146,12 +145,12 @@ def qemu_start(uuid: str, name: str, libvirtd_pid: Optional[int]) -> Optional[Qe
     ticks = start_ticks(pid) if pid is not None else None
     if pid is not None and ticks is not None:
         btime = _boot_time()
-        since = "-" if btime is None else _iso(btime + ticks / os.sysconf("SC_CLK_TCK"))
+        since = "-" if btime is None else iso_from_epoch(btime + ticks / os.sysconf("SC_CLK_TCK"))
         return QemuStart(pid, f"{ticks}", since)
     if found is None:
         return None
     pid, mtime_ns = found
-    return QemuStart(pid, f"p{pid}.{mtime_ns}", _iso(mtime_ns / 1e9))
+    return QemuStart(pid, f"p{pid}.{mtime_ns}", iso_from_epoch(mtime_ns / 1e9))
 
 
 def boot_key(domain_id: int, start: Optional[QemuStart], boot_id: str) -> str:

@@ -37,7 +37,7 @@ from typing import Awaitable, Callable, Dict, List, Optional, Tuple
 
 import libvirt
 
-from hookd.stores.audit import now_iso
+from hookd.clock import now_iso
 from hookd.config import Config
 from hookd.decision import Evaluation, audit_fields, evaluate
 from hookd.errors import HookdError
