@@ -294,3 +294,55 @@ def test_no_chassis_move_when_compliant_or_no_serial():
 def test_template_render_is_literal_for_braces_escaped():
     t = SerialTemplate.compile("a{{b}}-{uuid_hex}")
     assert t.render({"uuid_hex": "00"}) == "a{b}-00"
+
+
+# ------------------------------------- decide_serial on plain DomainFacts, no XML at all
+
+def facts(*, uuid=UUID, arch="x86_64", serial=HOST_SERIAL, smbios_mode="sysinfo", present=True,
+          nova=True, flavor="m1.small", extra_specs=None, project=PROJECT):
+    from hookd.policy.model import DomainFacts, NovaInstance, SysinfoFacts
+    instance = NovaInstance(ns_version=(1, 1), name="vm-1", flavor_name=flavor, project_uuid=project,
+                            extra_specs=extra_specs or {}) if nova else None
+    return DomainFacts(name="instance-00000001", uuid=uuid, virt_type="kvm", arch=arch,
+                       sysinfo=SysinfoFacts(present=present, system_serial=serial, smbios_mode=smbios_mode),
+                       nova=instance)
+
+
+def test_decide_serial_needs_no_xml_unique_default():
+    from hookd.policy.serial import decide_serial
+    d = decide_serial(facts(), PolicyConfig())
+    assert (d.verdict, d.serial_policy, d.serial_current, d.rule, d.mode) == \
+        ("rewrite", UUID, HOST_SERIAL, "default", "unique")
+    assert d.set_smbios_mode is False and d.new_pin is None
+    assert decide_serial(facts(serial=UUID), PolicyConfig()).verdict == "compliant"
+
+
+def test_decide_serial_missing_smbios_mode_is_a_rewrite_even_with_the_right_serial():
+    from hookd.policy.serial import decide_serial
+    d = decide_serial(facts(serial=UUID, smbios_mode=None), PolicyConfig())
+    assert (d.verdict, d.set_smbios_mode) == ("rewrite", True)
+    # 'host' is an admin's deliberate choice: never changed.
+    d = decide_serial(facts(serial=UUID, smbios_mode="host"), PolicyConfig())
+    assert (d.verdict, d.set_smbios_mode) == ("compliant", False)
+
+
+def test_decide_serial_precedence_on_facts():
+    from hookd.policy.serial import Rule, decide_serial
+    p = PolicyConfig(mode="host", rules=(Rule(name="proj", mode="unique",
+                                                    projects=frozenset({PROJECT.replace("-", "")})),))
+    assert decide_serial(facts(nova=False), p).verdict == "not-nova"
+    assert decide_serial(facts(arch="aarch64", present=False), p).verdict == "not-applicable"
+    assert decide_serial(facts(), p, pin="LEGACY-7").rule == "pin"
+    assert decide_serial(facts(), p).rule == "rule:proj"
+    other = facts(project="00000000000000000000000000000000")
+    assert (decide_serial(other, p).rule, decide_serial(other, p).verdict) == ("default", "compliant")
+    flavored = facts(project="00000000000000000000000000000000", extra_specs={"hookd:serial_mode": "unique"})
+    assert decide_serial(flavored, p).rule == "flavor"
+
+
+def test_decide_serial_preserve_asks_for_a_pin_and_an_invalid_pin_falls_back():
+    from hookd.policy.serial import decide_serial
+    d = decide_serial(facts(), PolicyConfig(mode="preserve"))
+    assert (d.verdict, d.serial_policy, d.new_pin) == ("compliant", HOST_SERIAL, HOST_SERIAL)
+    d = decide_serial(facts(), PolicyConfig(), pin="bad;serial")
+    assert (d.rule, d.serial_policy) == ("fallback-invalid-template", UUID)
