@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import datetime
 import json
 import os
@@ -76,7 +75,8 @@ sys.path.insert(0, str(REPO))
 from hookd.stores.audit import COLUMNS  # noqa: E402
 from hookd.config import StoreSettings  # noqa: E402
 from hookd.errors import StoreError  # noqa: E402
-from hookd.stores.etcd import EtcdPinStore, http_post, read_body, read_response_head  # noqa: E402
+from hookd.stores.etcd import EtcdPinStore  # noqa: E402
+from hookd.stores.etcdgateway import b64 as _b64, http_post, prefix_end as _prefix_end, read_body, read_response_head  # noqa: E402
 from tests.integration.etcd_proc import EtcdProcess  # noqa: E402
 
 HOSTS = int(os.environ.get("HOOKD_BENCH_FLEET_HOSTS", "1000"))
@@ -88,19 +88,11 @@ OLD_BATCH = 128                        # etcd's default --max-txn-ops
 OLD_QUEUE_MAX = 10_000                 # the old AUDIT_QUEUE_MAX
 
 
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def _prefix_end(prefix: str) -> str:
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
-
-
 # ----------------------------------------------------------------------- etcd
 
 class Pool:
     """Keep-alive HTTP/1.1 connections to the gateway, shared by every simulated host;
-    `call` is the daemon client's (hookd.stores.etcd._AsyncClient.call) interface."""
+    `call` is the daemon client's (hookd.stores.etcdgateway.AsyncClient.call) interface."""
 
     def __init__(self, url: str, size: int):
         u = urllib.parse.urlsplit(url)

@@ -48,7 +48,7 @@ def txn_value(body) -> dict:
 
 
 class FakeGateway:
-    """The daemon's _AsyncClient, answering like etcd: down (StoreError) or up."""
+    """The daemon's AsyncClient (hookd.stores.etcdgateway), answering like etcd: down (StoreError) or up."""
 
     def __init__(self, answer=None):
         self.up = True
@@ -229,7 +229,7 @@ def test_outage_many_boots_queued_one_write_each_when_etcd_is_back(tmp_path, mon
     write per instance (the newest) once it is back; nothing for the other rows."""
     fake = FakeGateway()
     fake.up = False
-    monkeypatch.setattr(etcdstore, "_AsyncClient", lambda settings: fake)
+    monkeypatch.setattr(etcdstore, "AsyncClient", lambda settings: fake)
 
     async def go():
         s = EtcdPinStore(StoreSettings(backend="etcd"), host="hv-1", state_dir=str(tmp_path))

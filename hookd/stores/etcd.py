@@ -1,8 +1,8 @@
 """Pins and each instance's last boot in etcd v3, shared by every hypervisor.
 
-Owns the etcd client (the v3 HTTP/JSON gateway: /v3/kv/range, /v3/kv/txn,
-/v3/kv/deleterange, /v3/watch; keys and values base64) and the daemon's pin
-cache. It decides nothing.
+Owns the keys and values hookd keeps in etcd, the transactions that write them
+(/v3/kv/range, /v3/kv/txn, /v3/kv/deleterange, /v3/watch, spoken through
+hookd.stores.etcdgateway) and the daemon's pin cache. It decides nothing.
 
 etcd holds state, never a log. Two kinds of key, both O(instances):
 
@@ -27,12 +27,6 @@ whose clock runs ahead can hide a later boot elsewhere for as long as it is
 ahead (hosts are expected to run NTP, as Nova's own bookkeeping needs). A stored
 value that is not a hookd last boot is overwritten.
 
-Why this client: OpenStack's etcd3gw speaks the same gateway but blocks on
-`requests` and runs its watches in threads; hookd's daemon is one asyncio loop
-with no threads, and its packages depend only on Debian's python3-* set. The few
-calls hookd needs are small JSON POSTs, so the daemon speaks them over asyncio
-streams and hookctl over http.client.
-
 In the daemon a lookup never waits on the network: pins are served from a local
 SQLite copy (state_dir/pins-etcd-cache.sqlite) kept current by a watch and
 reloaded in full after every reconnect. A pin made while etcd is unreachable is
@@ -44,16 +38,11 @@ takes the winner's pin into its cache (the next decision uses it).
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as _dt
-import errno
-import http.client
 import json
 import logging
 import os
 import sqlite3
-import ssl
-import urllib.parse
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
@@ -61,6 +50,7 @@ from hookd.clock import now_iso
 from hookd.errors import StoreError
 from hookd.ledger import OPENS
 from hookd.policy.model import canonical_uuid
+from hookd.stores.etcdgateway import AsyncClient, SyncClient, b64, prefix_end, unb64
 from hookd.stores.pins import SqlitePinStore, check_pin
 
 log = logging.getLogger("hookd.etcd")
@@ -77,40 +67,18 @@ LASTBOOT_QUEUE_MAX = 10_000
 BACKOFF_MAX_S = 10.0
 
 
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def _unb64(text: str) -> str:
-    return base64.b64decode(text).decode()
-
-
-def _prefix_end(prefix: str) -> str:
-    """The range_end that selects every key starting with `prefix`."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
-
-
-def _tls_context(settings) -> Optional[ssl.SSLContext]:
-    if not any(e.startswith("https://") for e in settings.endpoints):
-        return None
-    ctx = ssl.create_default_context(cafile=settings.ca_file or None)
-    if settings.cert_file:
-        ctx.load_cert_chain(settings.cert_file, settings.key_file)
-    return ctx
-
-
 def _pin_value(serial: str, source: str, host: str) -> str:
     return json.dumps({"serial": serial, "created": now_iso(), "source": source, "host": host},
                       separators=(",", ":"))
 
 
 def _parse_pin(kv: dict, prefix: str) -> Optional[Tuple[str, dict]]:
-    key = _unb64(kv["key"])
+    key = unb64(kv["key"])
     uuid = canonical_uuid(key[len(prefix + PINS):])
     if uuid is None:
         return None
     try:
-        value = json.loads(_unb64(kv.get("value", "")))
+        value = json.loads(unb64(kv.get("value", "")))
         if not isinstance(value, dict) or not isinstance(value.get("serial"), str):
             raise ValueError("no serial")
     except ValueError:
@@ -152,141 +120,6 @@ def _is_lastboot(value: str) -> bool:
     return isinstance(parsed, dict) and isinstance(parsed.get("time"), str) and value.startswith('{"time":"')
 
 
-class _SyncClient:
-    """Blocking calls for hookctl (never used inside the daemon)."""
-
-    def __init__(self, settings):
-        self.settings = settings
-        self.tls = _tls_context(settings)
-
-    def call(self, path: str, body: dict) -> dict:
-        errors = []
-        for endpoint in self.settings.endpoints:
-            url = urllib.parse.urlsplit(endpoint)
-            conn_cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-            kw = {"context": self.tls} if url.scheme == "https" else {}
-            conn = conn_cls(url.hostname, url.port, timeout=self.settings.timeout, **kw)
-            try:
-                conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                data = resp.read()
-                if resp.status != 200:
-                    raise StoreError(f"etcd {endpoint}{path}: HTTP {resp.status}: {data[:200]!r}")
-                return json.loads(data or b"{}")
-            except (OSError, http.client.HTTPException, ValueError) as err:
-                errors.append(f"{endpoint}: {err}")
-            finally:
-                conn.close()
-        raise StoreError("etcd unreachable (" + "; ".join(errors) + ")")
-
-
-class _AsyncClient:
-    """HTTP/1.1 POSTs over asyncio streams, one connection per call (the daemon)."""
-
-    def __init__(self, settings):
-        self.settings = settings
-        self.tls = _tls_context(settings)
-
-    async def _open(self):
-        errors = []
-        for endpoint in self.settings.endpoints:
-            url = urllib.parse.urlsplit(endpoint)
-            try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(url.hostname, url.port, ssl=self.tls if url.scheme == "https" else None),
-                    self.settings.timeout)
-                return url, reader, writer
-            except (OSError, asyncio.TimeoutError, ssl.SSLError) as err:
-                if getattr(err, "errno", None) in (errno.EAFNOSUPPORT, errno.ENETUNREACH):
-                    # What the shipped hookd.service sandbox does to TCP (AF_UNIX only,
-                    # PrivateNetwork): say so instead of a bare errno.
-                    err = f"{err.strerror}: hookd.service allows no network; install the etcd drop-in " \
-                          f"(/usr/share/hookd/hookd-etcd.conf)"
-                errors.append(f"{endpoint}: {err or type(err).__name__}")
-        raise StoreError("etcd unreachable (" + "; ".join(errors) + ")")
-
-    async def _send(self, path: str, body: dict):
-        url, reader, writer = await self._open()
-        writer.write(http_post(url.netloc, path, body))
-        await writer.drain()
-        status_line, headers = await read_response_head(reader)
-        parts = status_line.split()
-        if len(parts) < 2 or parts[1] != b"200":
-            writer.close()
-            raise StoreError(f"etcd {url.netloc}{path}: {status_line.decode('latin-1').strip()}")
-        return reader, writer, headers
-
-    async def call(self, path: str, body: dict) -> dict:
-        async def go():
-            reader, writer, headers = await self._send(path, body)
-            try:
-                return json.loads(await read_body(reader, headers) or b"{}")
-            finally:
-                writer.close()
-        try:
-            return await asyncio.wait_for(go(), self.settings.timeout)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as err:
-            raise StoreError(f"etcd request {path} failed: {err or type(err).__name__}") from err
-
-    async def stream(self, path: str, body: dict):
-        """Yield JSON objects of a streaming response (a watch) until it ends."""
-        try:
-            reader, writer, headers = await asyncio.wait_for(self._send(path, body), self.settings.timeout)
-        except (OSError, asyncio.TimeoutError) as err:
-            raise StoreError(f"etcd {path} failed: {err or type(err).__name__}") from err
-        buf = b""
-        try:
-            async for chunk in _chunks(reader):
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip():
-                        yield json.loads(line)
-        finally:
-            writer.close()
-
-
-def http_post(host: str, path: str, body: dict) -> bytes:
-    """One HTTP/1.1 POST of a JSON body to etcd's gRPC gateway."""
-    payload = json.dumps(body).encode()
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-
-
-async def read_response_head(reader) -> Tuple[bytes, dict]:
-    """The status line and the headers (lower-case names) of an HTTP/1.1 response."""
-    status_line = await reader.readline()
-    headers = {}
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b""):
-            break
-        k, _, v = line.decode("latin-1").partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return status_line, headers
-
-
-async def read_body(reader, headers: dict) -> bytes:
-    if "content-length" in headers:
-        return await reader.readexactly(int(headers["content-length"]))
-    return b"".join([chunk async for chunk in _chunks(reader)])
-
-
-async def _chunks(reader):
-    """HTTP/1.1 chunked transfer decoding."""
-    while True:
-        size_line = await reader.readline()
-        if not size_line:
-            return
-        size = int(size_line.split(b";")[0].strip() or b"0", 16)
-        if size == 0:
-            await reader.readline()
-            return
-        data = await reader.readexactly(size)
-        await reader.readexactly(2)
-        yield data
-
-
 class EtcdPinStore:
     backend = "etcd"
 
@@ -294,7 +127,7 @@ class EtcdPinStore:
         self.settings = settings
         self.host = host
         self.prefix = settings.prefix
-        self._sync = _SyncClient(settings)
+        self._sync = SyncClient(settings)
         self._state_dir = state_dir
         self._daemon = False
         self.cache: Optional[SqlitePinStore] = None
@@ -318,7 +151,7 @@ class EtcdPinStore:
     def get(self, instance_uuid: str) -> Optional[str]:
         if self._daemon:
             return self.cache.get(instance_uuid)
-        resp = self._sync.call("/v3/kv/range", {"key": _b64(self._key(instance_uuid))})
+        resp = self._sync.call("/v3/kv/range", {"key": b64(self._key(instance_uuid))})
         for kv in resp.get("kvs", []):
             parsed = _parse_pin(kv, self.prefix)
             if parsed is not None:
@@ -332,9 +165,9 @@ class EtcdPinStore:
         return self._txn_sync(uuid, serial, source)
 
     def _txn_body(self, uuid: str, serial: str, source: str) -> dict:
-        key = _b64(self._key(uuid))
+        key = b64(self._key(uuid))
         return {"compare": [{"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
-                "success": [{"request_put": {"key": key, "value": _b64(_pin_value(serial, source, self.host))}}],
+                "success": [{"request_put": {"key": key, "value": b64(_pin_value(serial, source, self.host))}}],
                 "failure": [{"request_range": {"key": key}}]}
 
     @staticmethod
@@ -354,14 +187,14 @@ class EtcdPinStore:
 
     def set(self, instance_uuid: str, serial: str, source: str = "hookctl pin") -> None:
         uuid, serial = check_pin(instance_uuid, serial)
-        self._sync.call("/v3/kv/put", {"key": _b64(self._key(uuid)),
-                                       "value": _b64(_pin_value(serial, source, self.host))})
+        self._sync.call("/v3/kv/put", {"key": b64(self._key(uuid)),
+                                       "value": b64(_pin_value(serial, source, self.host))})
 
     def unpin(self, instance_uuid: str) -> bool:
         uuid = canonical_uuid(instance_uuid)
         if uuid is None:
             raise StoreError(f"{instance_uuid!r} is not an instance UUID")
-        resp = self._sync.call("/v3/kv/deleterange", {"key": _b64(self._key(uuid))})
+        resp = self._sync.call("/v3/kv/deleterange", {"key": b64(self._key(uuid))})
         return int(resp.get("deleted", 0)) > 0
 
     def all(self) -> Dict[str, dict]:
@@ -370,7 +203,7 @@ class EtcdPinStore:
 
     def _range_body(self) -> dict:
         start = self.prefix + PINS
-        return {"key": _b64(start), "range_end": _b64(_prefix_end(start))}
+        return {"key": b64(start), "range_end": b64(prefix_end(start))}
 
     def _range_sync(self):
         resp = self._sync.call("/v3/kv/range", self._range_body())
@@ -393,7 +226,7 @@ class EtcdPinStore:
         self._queue_db = sqlite3.connect(os.path.join(state_dir, CACHE_DB), isolation_level=None, timeout=2.0)
         self._queue_db.executescript("CREATE TABLE IF NOT EXISTS pending (instance_uuid TEXT PRIMARY KEY, "
                                      "serial TEXT NOT NULL, source TEXT, created TEXT)")
-        self._client = _AsyncClient(self.settings)
+        self._client = AsyncClient(self.settings)
         self._wake = asyncio.Event()
         self._daemon = True
         self._tasks = [asyncio.create_task(self._sync_loop()), asyncio.create_task(self._writer_loop())]
@@ -446,7 +279,7 @@ class EtcdPinStore:
 
     def _lastboot_txn(self, uuid: str, value: str) -> dict:
         """Write `value` unless etcd holds a newer (greater) one; create it when absent."""
-        key, val = _b64(self.prefix + LASTBOOT + uuid), _b64(value)
+        key, val = b64(self.prefix + LASTBOOT + uuid), b64(value)
         put = {"request_put": {"key": key, "value": val}}
         return {"compare": [{"key": key, "result": "LESS", "target": "VALUE", "value": val}],
                 "success": [put],
@@ -471,8 +304,8 @@ class EtcdPinStore:
             else:
                 log.warning("etcd key %s%s%s does not hold a hookd last boot; overwritten", self.prefix,
                             LASTBOOT, uuid)
-                await self._client.call("/v3/kv/put", {"key": _b64(self.prefix + LASTBOOT + uuid),
-                                                       "value": _b64(value)})
+                await self._client.call("/v3/kv/put", {"key": b64(self.prefix + LASTBOOT + uuid),
+                                                       "value": b64(value)})
                 self.lastboot_written += 1
             if self._lastboot.get(uuid) == value:      # not replaced by a newer boot meanwhile
                 del self._lastboot[uuid]
@@ -491,7 +324,7 @@ class EtcdPinStore:
                 return None
             for rr in inner.get("responses", []):
                 for kv in rr.get("response_range", {}).get("kvs", []):
-                    return _unb64(kv.get("value", ""))
+                    return unb64(kv.get("value", ""))
         raise StoreError("etcd transaction neither wrote the last boot nor returned the stored one")
 
     def _set_reachable(self, ok: bool, err: Optional[Exception] = None) -> None:
@@ -536,7 +369,7 @@ class EtcdPinStore:
     def _apply_event(self, ev: dict) -> None:
         kv = ev.get("kv", {})
         if ev.get("type") == "DELETE":
-            uuid = canonical_uuid(_unb64(kv.get("key", ""))[len(self.prefix + PINS):])
+            uuid = canonical_uuid(unb64(kv.get("key", ""))[len(self.prefix + PINS):])
             if uuid is not None:
                 self.cache.unpin(uuid)
             return
