@@ -19,9 +19,10 @@ import signal
 import sys
 import time
 import warnings
-from typing import Optional
+from typing import Any, Awaitable, Callable, Dict, Optional, Type
 
 from hookd import __version__
+from hookd.ipc import messages
 from hookd.ipc import sdprotocol as sd
 from hookd.rpc import upstream
 from hookd.stores.audit import AuditLog
@@ -76,7 +77,8 @@ class Daemon:
         self.reloads = 0
         self.reload_failures = 0
         self.last_reload_error: Optional[str] = None
-        self._stop = asyncio.Event()
+        #: Made in run(): an asyncio object made before asyncio.run binds to another loop on 3.9.
+        self._stop: Optional[asyncio.Event] = None
         self._reload_handle: Optional[asyncio.TimerHandle] = None
         self._notifier = None
         self.audit: Optional[AuditLog] = None
@@ -85,10 +87,17 @@ class Daemon:
         self.proxy = None
         self.worker: Optional[WorkerSupervisor] = None
         self.store = None
+        #: hookctl's control calls on the hook socket: message class -> handler.
+        self._control: Dict[Type[messages.Message], Callable[[Any], Awaitable[messages.Message]]] = {
+            messages.StatusQuery: self._on_status,
+            messages.ReconcileQuery: self._on_reconcile,
+            messages.LegacyHookCall: self._on_legacy_hook_call,
+        }
 
     # ------------------------------------------------------------- lifecycle
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
         d = self.config.daemon
         fds = sd.inherited_fds()          # first: made close-on-exec before anything could fork
         self.audit = AuditLog(d.state_dir)
@@ -176,28 +185,40 @@ class Daemon:
 
     # ------------------------------------------------------------- requests
     async def dispatch(self, msg: dict) -> dict:
-        """hookctl's control calls on the hook socket (hook calls go to self.handler)."""
-        op = msg.get("op")
-        if op == "status":
-            return self.status()
-        if op == "reconcile":
-            return await self.worker.reconcile(dry_run=bool(msg.get("dry_run")))
-        if op in ("prepare", "migrate", "restore"):
-            # A 0.1 shim (sh/Python, JSON framing): its start goes ahead unchecked. Say so.
-            log.warning("hook call %r for domain %r in the old JSON framing: that hook shim predates "
-                        "hookd 0.2; the start goes ahead unchecked. Run `hookctl install-hook`",
-                        op, msg.get("domain"))
-        return {"v": 1, "error": f"unsupported request {op!r}"}
+        """hookctl's control calls on the hook socket (hook calls go to self.handler): the
+        decoded JSON object in, the reply's out. Never raises for what a client sent."""
+        try:
+            request = messages.decode_control(msg)
+        except messages.UnknownKind as err:
+            return messages.ErrorReply(f"unsupported request {err.kind!r}").to_dict()
+        except messages.InvalidMessage as err:
+            return messages.ErrorReply(f"bad request: {err}").to_dict()
+        reply = await self._control[type(request)](request)
+        return reply.to_dict()
+
+    async def _on_status(self, _request: messages.StatusQuery) -> messages.Message:
+        return messages.StatusReply(self.status())
+
+    async def _on_reconcile(self, request: messages.ReconcileQuery) -> messages.Message:
+        return await self.worker.reconcile(dry_run=request.dry_run)
+
+    async def _on_legacy_hook_call(self, request: messages.LegacyHookCall) -> messages.Message:
+        # A 0.1 shim (sh/Python, JSON framing): its start goes ahead unchecked. Say so.
+        log.warning("hook call %r for domain %r in the old JSON framing: that hook shim predates "
+                    "hookd 0.2; the start goes ahead unchecked. Run `hookctl install-hook`",
+                    request.op, request.domain)
+        return messages.ErrorReply(f"unsupported request {request.op!r}")
 
     # ---------------------------------------------------------------- status
     def status(self) -> dict:
+        """The status tree `hookctl status` shows (a StatusReply adds the protocol version)."""
         c = self.config
         proxy = dict(self.proxy.stats) if self.proxy is not None else None
         if proxy is not None:
             up = upstream.resolve(c.daemon.libvirt_socket)
             proxy["upstream"] = {"path": up.path, "daemon": up.daemon, "why": up.why}
         return {
-            "v": 1, "version": __version__, "pid": os.getpid(),
+            "version": __version__, "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),
             "config": {"sources": list(c.sources), "mode": c.policy.mode, "rules": len(c.policy.rules),
                        "on_mismatch": c.on_mismatch, "non_nova": c.policy.non_nova},

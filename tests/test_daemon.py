@@ -12,7 +12,6 @@ import pathlib
 import signal
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 
 from hookd.hookpath import shimwire
 
-from hookd.ipc import wire
+from hookd.ipc import client, messages
 from tests.conftest import REPO, hookd_env, run_hookctl
 from tests.harness.hookcall import ask_prepare, hook_request
 from tests.domains import domain
@@ -36,14 +35,9 @@ def daemon(tmp_path):
     d.stop()
 
 
-def ask(sock_path, msg, timeout=5):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(sock_path))
-        s.sendall(wire.encode(msg))
-        head = s.recv(4, socket.MSG_WAITALL)
-        (n,) = struct.unpack(">I", head)
-        return wire.decode(head + s.recv(n, socket.MSG_WAITALL))
+def ask(sock_path, msg=None, timeout=5):
+    """One control call the way hookctl makes it (hookd.ipc.client); a status query by default."""
+    return client.ask(sock_path, msg or messages.StatusQuery(), timeout)
 
 
 def status(d):
@@ -146,8 +140,8 @@ def test_sigterm_finishes_in_flight_request_then_exits_0(daemon):
     status(daemon)                               # the daemon has accepted and is serving
     daemon.signal(signal.SIGTERM)
     daemon.wait_notification("STOPPING=1")
-    with pytest.raises(OSError):                 # no new connections
-        ask(daemon.socket, {"v": 1, "op": "status"})
+    with pytest.raises(client.ClientError, match="not reachable"):     # no new connections
+        ask(daemon.socket)
     s.sendall(msg[10:])
     assert s.recv(100) == shimwire.encode_reply(shimwire.HookReply("allow"))
     s.close()
@@ -168,7 +162,7 @@ def test_socket_activation_serves_the_inherited_sockets_and_never_unlinks_them(a
     d.hold_sockets()
     inodes = {name: os.stat(d.held_path(name)).st_ino for name in d.held}
     d.start()
-    assert ask(d.socket, {"v": 1, "op": "status"})["pid"] == d.pid
+    assert ask(d.socket)["pid"] == d.pid
     log = d.log_text()
     assert f"serving hooks on {d.socket} (inherited)" in log
     if proxy:
@@ -194,7 +188,7 @@ def test_inherited_socket_on_another_path_is_served_with_one_warning(activated, 
     unit_proxy, unit_hook = short_dir / "unit-libvirt-sock", short_dir / "unit-hookd.sock"
     d.hold_sockets(hook_path=unit_hook, proxy_path=unit_proxy)
     d.start()
-    assert ask(unit_hook, {"v": 1, "op": "status"})["pid"] == d.pid
+    assert ask(unit_hook)["pid"] == d.pid
     lines = [line for line in d.log_text().splitlines() if "inherited from" in line]
     assert len(lines) == 2, lines
     hook_line, proxy_line = sorted(lines, key=lambda line: "proxy socket" in line)
@@ -254,7 +248,7 @@ def test_watchdog_pings_from_the_loop_and_stop_while_hookd_is_stopped(activated)
     d.signal(signal.SIGCONT)
     resumed = time.monotonic()
     wait_for(lambda: len(d.watchdog_pings(resumed)) >= 2, 10, "pings again after SIGCONT")
-    assert ask(d.socket, {"v": 1, "op": "status"})["pid"] == d.pid
+    assert ask(d.socket)["pid"] == d.pid
 
 
 @pytest.mark.parametrize("env,interval", [

@@ -274,12 +274,12 @@ def check_libvirtd_start(hooks_dir: str, shim: Optional[str]) -> Check:
 
 
 def check_daemon(cfg) -> Tuple[Check, Optional[dict]]:
-    from hookd.cli.main import ask_daemon
+    from hookd.ipc import client, messages
     from hookd.errors import HookdError
     from hookd.config import DaemonSettings
     sock = (cfg.daemon if cfg is not None else DaemonSettings()).socket
     try:
-        st = ask_daemon(sock, {"v": 1, "op": "status"}, timeout=3.0)
+        st = client.ask(sock, messages.StatusQuery(), timeout=3.0)
     except HookdError as err:
         return Check(FAIL, "daemon", str(err),
                      "systemctl start hookd.socket hookd.service; see journalctl -u hookd"), None

@@ -2,7 +2,7 @@
 
 Owns argument parsing, reading input files, and turning results into text or
 JSON, and every error into one line on stderr with a non-zero exit. Decisions come
-from hookd.decision; daemon queries go over the hook socket (hookd.ipc.wire); the audit
+from hookd.decision; daemon queries go over the hook socket (hookd.ipc.client); the audit
 is read straight from the state store. It never edits libvirt's files.
 """
 
@@ -318,28 +318,10 @@ def _print_boots(rows, since, args) -> int:
 # --------------------------------------------------------------------- status
 
 def ask_daemon(socket_path: str, message: dict, timeout: float = 5.0) -> dict:
-    import socket
-    import time
-    from hookd.ipc import wire
-    deadline = time.monotonic() + timeout
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(socket_path)
-            s.sendall(wire.encode(message))
-            buf = b""
-            need = wire.HEADER.size
-            while len(buf) < need:
-                s.settimeout(max(deadline - time.monotonic(), 0.001))
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise CliError(f"hookd at {socket_path} closed the connection without answering")
-                buf += chunk
-                if need == wire.HEADER.size and len(buf) >= need:
-                    need += wire.HEADER.unpack_from(buf)[0]
-            return wire.decode(buf[:need])
-    except OSError as err:
-        raise CliError(f"hookd is not reachable at {socket_path}: {err.strerror or err}") from err
+    """hookd.ipc.client.ask for the commands that build their request as a dict (a
+    control message of hookd.ipc.messages); raises hookd.ipc.client.ClientError."""
+    from hookd.ipc import client, messages
+    return client.ask(socket_path, messages.decode_control(message), timeout)
 
 
 def cmd_status(args) -> int:

@@ -1,9 +1,10 @@
 """Framing of the hook socket: one JSON message behind a 4-byte length.
 
 Owns encode/decode of a single message, the size limit, and the decode error that
-keeps the raw bytes it could not read. No business logic: what a message means is
-hookd.daemon's concern. These are hookctl's control calls (status, reconcile); the
-qemu hook shim speaks hookd.hookpath.shimwire on the same socket.
+keeps the raw bytes it could not read. No business logic: which messages exist is
+hookd.ipc.messages' concern (PROTOCOL_VERSION too), what they mean their handlers'.
+The hook socket's control calls (hookctl) and the daemon <-> libvirt worker channel
+use this framing; the qemu hook shim speaks hookd.hookpath.shimwire on the hook socket.
 
     message = length:uint32 big-endian | body: UTF-8 JSON object of `length` bytes
 """
@@ -20,7 +21,6 @@ HEADER = struct.Struct(">I")
 #: A domain XML is at most 32 MiB (libvirt's own message limit); JSON escaping of
 #: its quotes and newlines can make it longer.
 MAX_MESSAGE = 48 * 1024 * 1024
-PROTOCOL_VERSION = 1
 
 
 class MessageError(ProtocolError):

@@ -4,7 +4,7 @@ The worker process holds hookd's own libvirt connection (events, reconciler), so
 that the process serving hooks never makes a blocking libvirt call: while a qemu
 hook runs, libvirt locks its domain and even list calls, and the hook is waiting
 on this daemon. This module owns spawning the worker (with one end of a
-socketpair, hookd.ipc.wire framing both ways), restarting it with backoff when it
+socketpair, a hookd.ipc.channel of hookd.ipc.messages both ways), restarting it with backoff when it
 dies, stopping it by pid, forwarding hook notes, reloads and reconcile requests,
 keeping the latest status it reported, writing the audit rows it sends (the
 daemon stays the audit log's single writer) through the boot ledger (hookd.ledger:
@@ -25,11 +25,12 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
-from hookd.ipc import wire
+from hookd.ipc import messages as m
+from hookd.ipc.channel import Channel, ChannelClosed, RequestTimeout
+from hookd.errors import ProtocolError
 from hookd.stores.audit import COLUMNS
-from hookd.errors import HookdError
 from hookd.ledger import BootLedger, RunningBoot, close_row, observe_row
 
 log = logging.getLogger("hookd.virt.supervisor")
@@ -64,7 +65,7 @@ class WorkerSupervisor:
         self.config_path = config_path
         self.audit = audit
         self._proc: Optional[subprocess.Popen] = None
-        self._writer: Optional[asyncio.StreamWriter] = None
+        self._channel: Optional[Channel] = None
         self._reader_task: Optional[asyncio.Task] = None
         self._pidfd: Optional[int] = None
         self._poll_handle: Optional[asyncio.TimerHandle] = None
@@ -76,8 +77,9 @@ class WorkerSupervisor:
         self._failures = 0
         self.restarts = 0
         self._down_reason: Optional[str] = "not started"
-        self._next_id = 0
-        self._pending: Dict[int, asyncio.Future] = {}
+        #: What the worker sends: message class -> handler (its replies go to our requests).
+        self._handlers = {m.AuditRow: self._on_audit, m.Resync: self._on_resync,
+                          m.WorkerStatus: self._on_status, m.PinRequest: self._on_pin}
         #: The daemon's pin lookup (hookd.decision.DecisionService.lookup): the worker asks
         #: for pins through us, so the daemon stays the pin store's one owner.
         self.lookup_pin: Optional[Callable[[str], Optional[str]]] = None
@@ -93,7 +95,7 @@ class WorkerSupervisor:
     # ------------------------------------------------------------- lifecycle
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None and self._writer is not None
+        return self._proc is not None and self._proc.returncode is None and self._channel is not None
 
     async def start(self) -> None:
         self._closing = False
@@ -125,9 +127,11 @@ class WorkerSupervisor:
         self._started_at = time.monotonic()
         self._exited = asyncio.Event()
         ours.setblocking(False)
-        reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        self._channel = Channel(reader, writer, incoming=m.FROM_WORKER, handlers=self._handlers,
+                                peer="the libvirt worker", log=log)
         self._down_reason = None
-        self._reader_task = asyncio.create_task(self._read(reader, proc))
+        self._reader_task = asyncio.create_task(self._read(self._channel, proc))
         try:
             self._pidfd = os.pidfd_open(proc.pid)
         except (AttributeError, OSError):
@@ -159,13 +163,12 @@ class WorkerSupervisor:
         if self._poll_handle is not None:
             self._poll_handle.cancel()
             self._poll_handle = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
         if self._reader_task is not None:
             self._reader_task.cancel()
             self._reader_task = None
-        self._fail_pending("the libvirt worker exited")
+        if self._channel is not None:
+            self._channel.close("the libvirt worker exited")     # fails the requests still waiting
+            self._channel = None
         if self._exited is not None:
             self._exited.set()
         status = describe_exit(proc.returncode)
@@ -200,7 +203,7 @@ class WorkerSupervisor:
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
-        self._send({"op": "stop"})
+        self._send(m.Stop())
         assert self._exited is not None
         try:
             await asyncio.wait_for(self._exited.wait(), STOP_GRACE_S)
@@ -218,66 +221,45 @@ class WorkerSupervisor:
         self._reaped(proc)
 
     # ------------------------------------------------------------- messages
-    def _send(self, msg: dict) -> bool:
-        if self._writer is None or self._writer.is_closing():
-            return False
+    def _send(self, msg: m.Message) -> bool:
+        return self._channel is not None and self._channel.send(msg)
+
+    async def _read(self, channel: Channel, proc: subprocess.Popen) -> None:
         try:
-            self._writer.write(wire.encode(msg))
-        except (HookdError, OSError) as err:
-            log.error("cannot send %s to the libvirt worker: %s", msg.get("op"), err)
-            return False
-        return True
+            await channel.serve(on_handler_error=self._handler_failed)
+        except ProtocolError as err:
+            log.error("bad message from the libvirt worker (pid %d): %s; killing it", proc.pid, err)
+            proc.kill()
+            return
+        # It exited (the pidfd says so too), or closed its end: then make it exit.
+        await asyncio.sleep(STOP_GRACE_S)
+        if proc.poll() is None and not self._closing:
+            log.error("libvirt worker (pid %d) closed its channel but did not exit; killing it", proc.pid)
+            proc.kill()
 
-    async def _read(self, reader: asyncio.StreamReader, proc: subprocess.Popen) -> None:
-        while True:
-            try:
-                msg = await wire.read_message(reader)
-            except (EOFError, ConnectionError):
-                # It exited (the pidfd says so too), or closed its end: then make it exit.
-                await asyncio.sleep(STOP_GRACE_S)
-                if proc.poll() is None and not self._closing:
-                    log.error("libvirt worker (pid %d) closed its channel but did not exit; killing it",
-                              proc.pid)
-                    proc.kill()
-                return
-            except HookdError as err:
-                log.error("bad message from the libvirt worker (pid %d): %s; killing it", proc.pid, err)
-                proc.kill()
-                return
-            try:
-                self._handle(msg)
-            except Exception as err:  # a bug here must not end the channel silently
-                log.error("cannot handle %r from the libvirt worker: %s: %s", msg.get("op"),
-                          type(err).__name__, err)
-                log.debug("traceback", exc_info=True)
-            # A burst of buffered rows (a sweep, a host boot) is read without suspending;
-            # let hook requests in between two of them.
-            await asyncio.sleep(0)
+    @staticmethod
+    def _handler_failed(msg: m.Message, err: Exception) -> None:
+        # A bug here must not end the channel silently.
+        log.error("cannot handle %r from the libvirt worker: %s: %s", msg.KIND, type(err).__name__, err)
+        log.debug("traceback", exc_info=err)
 
-    def _handle(self, msg: dict) -> None:
-        op = msg.get("op")
-        if op == "audit":
-            row = msg.get("row")
-            if isinstance(row, dict):
-                self._record_row({k: v for k, v in row.items() if k in _ROW_KEYS})
-        elif op == "resync":
-            self._resync(str(msg.get("why") or "a reconnect"), msg.get("running"), msg.get("pending"))
-        elif op == "status":
-            for key in ("events", "reconcile"):
-                if isinstance(msg.get(key), dict):
-                    self._reported[key] = msg[key]
-        elif op == "pin":
-            uuid = str(msg.get("instance_uuid") or "")
-            answer = {"op": "pin", "id": msg.get("id"), "instance_uuid": uuid, "serial": None}
-            if self.lookup_pin is not None:
-                answer["serial"] = self.lookup_pin(uuid)   # local: a file or memory, never the network
-            self._send(answer)
-        elif op == "reply":
-            fut = self._pending.pop(msg.get("id"), None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg.get("result") or {"v": 1, "error": "empty answer from the libvirt worker"})
-        else:
-            log.error("unknown message %r from the libvirt worker; ignored", op)
+    def _on_audit(self, msg: m.AuditRow) -> None:
+        self._record_row({k: v for k, v in msg.row.items() if k in _ROW_KEYS})
+
+    def _on_resync(self, msg: m.Resync) -> None:
+        self._resync(msg.why, msg.running, msg.pending)
+
+    def _on_status(self, msg: m.WorkerStatus) -> None:
+        if msg.events is not None:
+            self._reported["events"] = msg.events
+        if msg.reconcile is not None:
+            self._reported["reconcile"] = msg.reconcile
+
+    def _on_pin(self, msg: m.PinRequest) -> None:
+        serial = None
+        if self.lookup_pin is not None:
+            serial = self.lookup_pin(msg.instance_uuid)   # local: a file or memory, never the network
+        self._send(m.PinAnswer(id=msg.id, instance_uuid=msg.instance_uuid, serial=serial))
 
     def _record_row(self, row: dict) -> None:
         op, uuid = row.get("operation"), row.get("instance_uuid")
@@ -296,14 +278,11 @@ class WorkerSupervisor:
             return
         self.audit.record(**row)
 
-    def _resync(self, why: str, running, pending) -> None:
-        if not isinstance(running, list):
-            log.error("resync from the libvirt worker without a list of running domains; ignored")
-            return
+    def _resync(self, why: str, running: list, pending: list) -> None:
         boots = [RunningBoot(str(r["instance_uuid"]), str(r["boot"]),
                              {k: v for k, v in r.items() if k in _ROW_KEYS})
                  for r in running if isinstance(r, dict) and r.get("instance_uuid") and r.get("boot")]
-        plan = self.ledger.resync(boots, [str(u) for u in pending] if isinstance(pending, list) else ())
+        plan = self.ledger.resync(boots, pending)
         self.resyncs += 1
         for uuid, boot in plan.close:
             self.audit.record(**close_row(uuid, boot, f"found stopped by the resync after {why}"))
@@ -317,20 +296,14 @@ class WorkerSupervisor:
                  "%d already recorded", why, len(boots), len(plan.observe), len(plan.close),
                  len(boots) - len(plan.observe))
 
-    def _fail_pending(self, why: str) -> None:
-        pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_result({"v": 1, "error": why})
-
     # ------------------------------------------------------------- the daemon's calls
     def reload(self) -> None:
-        self._send({"op": "reload"})
+        self._send(m.Reload())
 
     def note_hook(self, instance_uuid: str, op: str) -> None:
         # Stamped here (CLOCK_MONOTONIC is system-wide): the worker compares it with
         # the time of the domain's next STARTED event, whichever message arrives first.
-        self._send({"op": "note_hook", "instance_uuid": instance_uuid, "hook": op, "t": time.monotonic()})
+        self._send(m.NoteHook(instance_uuid=instance_uuid, hook=op, t=time.monotonic()))
 
     def status(self) -> dict:
         events = dict(self._reported["events"])
@@ -343,19 +316,19 @@ class WorkerSupervisor:
             events["last_error"] = f"libvirt worker not running ({self._down_reason})"
         return {"events": events, "reconcile": dict(self._reported["reconcile"])}
 
-    async def reconcile(self, dry_run: bool) -> dict:
+    async def reconcile(self, dry_run: bool) -> m.ReconcileOutcome:
+        """`hookctl reconcile`, run by the worker; an ErrorReply when it cannot be."""
         if not self.running:
-            return {"v": 1, "error": f"the libvirt worker is not running ({self._down_reason})"}
-        self._next_id += 1
-        req = self._next_id
-        fut = asyncio.get_running_loop().create_future()
-        self._pending[req] = fut
-        if not self._send({"op": "reconcile", "id": req, "dry_run": bool(dry_run)}):
-            self._pending.pop(req, None)
-            return {"v": 1, "error": "cannot reach the libvirt worker"}
+            return m.ErrorReply(f"the libvirt worker is not running ({self._down_reason})")
         try:
-            return await asyncio.wait_for(fut, RECONCILE_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            self._pending.pop(req, None)
-            return {"v": 1, "error": f"no answer from the libvirt worker within {RECONCILE_TIMEOUT_S:.0f} s "
-                                     "(the sweep goes on; see hookctl audit --operation reconcile)"}
+            reply = await self._channel.request(lambda req: m.ReconcileRequest(id=req, dry_run=bool(dry_run)),
+                                                RECONCILE_TIMEOUT_S)
+        except RequestTimeout:
+            return m.ErrorReply(f"no answer from the libvirt worker within {RECONCILE_TIMEOUT_S:.0f} s "
+                                "(the sweep goes on; see hookctl audit --operation reconcile)")
+        except ChannelClosed as err:
+            # "cannot reach the libvirt worker", or "the libvirt worker exited" meanwhile.
+            return m.ErrorReply(str(err))
+        if not isinstance(reply, m.ReconcileResult):
+            return m.ErrorReply(f"unexpected answer {reply.KIND!r} from the libvirt worker")
+        return reply.result

@@ -2,29 +2,25 @@
 
 Started and supervised by the daemon (hookd.virt.supervisor) as
 `python3 -m hookd.virt.worker --fd N [--config PATH]`, it talks to the daemon
-over the socketpair end N (hookd.ipc.wire framing both ways). It owns:
-
-  - the connection to `[hookd] libvirt_uri`, with keepalive, a close callback and
-    reconnection with backoff when libvirtd restarts (then it resubscribes and
-    sweeps, since events were missed meanwhile);
-  - libvirt lifecycle events, turned into audit rows (`started`, `stopped`,
-    `defined`, `undefined`) that it sends to the daemon, the single writer of the
-    audit log; a STARTED row carries the boot key (hookd.virt.qemuproc);
-  - the resync for the daemon's boot ledger (hookd.ledger): after every connect,
-    once the events already queued are sent, the running domains with their boot
-    keys and serials, since libvirt does not replay the events missed meanwhile;
-  - running hookd.virt.reconciler: a sweep at start, after each reconnect, every
-    `[reconcile] interval` seconds and after a configuration reload; one domain
-    after its DEFINED or STARTED event; and `hookctl reconcile` on request.
+over the socketpair end N (a hookd.ipc.channel of hookd.ipc.messages both ways).
+hookd.virt.connection holds the libvirt connection (keepalive, reconnects with
+backoff), hookd.virt.events turns lifecycle events and running domains into rows.
+This module owns the protocol with the daemon (the audit log's single writer gets
+the rows), the resync for its boot ledger (hookd.ledger: after every connect, once
+the events already queued are sent, the running domains with their boot keys and
+serials, since libvirt does not replay missed events), and the scheduling of
+hookd.virt.reconciler: a sweep at start, after each reconnect, every `[reconcile]
+interval` seconds and after a configuration reload; one domain after its DEFINED
+or STARTED event; and `hookctl reconcile` on request.
 
 libvirt-python's calls block the calling thread, so they live here and never in
 the daemon: while a qemu hook runs libvirt locks its domain (and list calls),
 and the hook waits on the daemon. This process may block on such a call; the
 daemon never waits on it (hooks and the proxy work without it). It runs one
-asyncio loop with libvirt's events dispatched by libvirtaio, and no threads.
-Its lifetime is the daemon's: it stops when told to or when the daemon's end of
-the channel closes, and ignores SIGTERM/SIGINT/SIGHUP (the daemon SIGKILLs it by
-pid if it does not stop in time).
+asyncio loop with libvirt's events dispatched by libvirtaio, and no threads; every
+asyncio object is made in run(), inside that loop. Its lifetime is the daemon's:
+it stops when told to or when the daemon's end of the channel closes, and ignores
+SIGTERM/SIGINT/SIGHUP (the daemon SIGKILLs it by pid if it does not stop in time).
 It must not decide anything about hooks, write the audit log, or touch a running
 guest.
 """
@@ -44,25 +40,20 @@ from collections import OrderedDict
 from typing import Dict, Optional, Tuple
 
 import libvirt
-import libvirtaio
 
-from hookd.ipc import wire
-
-from hookd.rpc import upstream
-
-from hookd.virt import qemuproc
-from hookd.stores.audit import now_iso
 from hookd.config import Config, load_config
-from hookd.decision import evaluate
-from hookd.errors import HookdError
+from hookd.errors import HookdError, ProtocolError
+from hookd.ipc import messages as m
+from hookd.ipc.channel import Channel, ChannelClosed, RequestTimeout
+from hookd.rpc import upstream
+from hookd.clock import now_iso
+from hookd.virt import qemuproc
+from hookd.virt.connection import Connection
+from hookd.virt.events import EVENT_NAMES, RECORDED, RowBuilder, event_names
 from hookd.virt.reconciler import ReconcileError, Reconciler
 
 log = logging.getLogger("hookd.worker")
 
-KEEPALIVE_INTERVAL_S = 5
-KEEPALIVE_COUNT = 3
-RECONNECT_MIN_S = 0.5
-RECONNECT_MAX_S = 5.0
 #: A domain whose reconcile was put off (a hook call, a migration) is looked at again
 #: this often, for up to RETRY_FOR_S; the next sweep catches anything later.
 RETRY_EVERY_S = 1.0
@@ -72,41 +63,6 @@ STATUS_EVERY_S = 0.1
 #: How long a pin lookup waits for the daemon (then the domain is left for later).
 PIN_TIMEOUT_S = 5.0
 
-_EVENT_TYPES = ("DEFINED", "UNDEFINED", "STARTED", "SUSPENDED", "RESUMED", "STOPPED", "SHUTDOWN",
-                "PMSUSPENDED", "CRASHED")
-#: libvirt's lifecycle event numbers -> names, from the module's own constants.
-EVENT_NAMES: Dict[int, str] = {getattr(libvirt, f"VIR_DOMAIN_EVENT_{e}"): e.lower()
-                               for e in _EVENT_TYPES if hasattr(libvirt, f"VIR_DOMAIN_EVENT_{e}")}
-
-
-def _detail_names(event: str) -> Dict[int, str]:
-    prefix = f"VIR_DOMAIN_EVENT_{event}_"
-    return {getattr(libvirt, n): n[len(prefix):].lower() for n in dir(libvirt)
-            if n.startswith(prefix) and not n.endswith("_LAST") and isinstance(getattr(libvirt, n), int)}
-
-
-DETAIL_NAMES: Dict[int, Dict[int, str]] = {num: _detail_names(name.upper()) for num, name in EVENT_NAMES.items()}
-CLOSE_REASONS = {getattr(libvirt, f"VIR_CONNECT_CLOSE_REASON_{r}"): r.lower()
-                 for r in ("ERROR", "EOF", "KEEPALIVE", "CLIENT")}
-#: The events that become audit rows (the others are only counted).
-RECORDED = frozenset({"started", "stopped", "defined", "undefined"})
-FACT_KEYS = ("nova_name", "project", "flavor")
-#: Paused reasons of a domain that is still starting (or an incoming migration); on the
-#: migration's source the boot is already open, and the ledger leaves both alone.
-_NOT_YET_STARTED = frozenset({libvirt.VIR_DOMAIN_PAUSED_STARTING_UP, libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
-                              getattr(libvirt, "VIR_DOMAIN_PAUSED_POSTCOPY", -1)})
-#: Domains remembered for their STOPPED/UNDEFINED rows (transient ones never undefine).
-CACHE_MAX = 20000
-
-
-def event_names(event: int, detail: int) -> Tuple[str, str]:
-    name = EVENT_NAMES.get(event, f"event-{event}")
-    return name, DETAIL_NAMES.get(event, {}).get(detail, f"detail-{detail}")
-
-
-def _quiet_libvirt_errors(_ctx, _err) -> None:
-    """libvirt prints every error to stderr by default; we report them ourselves."""
-
 
 class Worker:
     def __init__(self, config: Config, config_path: Optional[str], fd: int):
@@ -114,51 +70,46 @@ class Worker:
         self.config_path = config_path
         self.uri = config.daemon.libvirt_uri
         self.fd = fd
-        self.conn: Optional[libvirt.virConnect] = None
-        self._generation = 0
-        self._callback_id: Optional[int] = None
-        self.connected = False
-        self.reconnects = 0
+        self.link = Connection(self.uri, on_connected=self._connected, on_lifecycle=self._on_lifecycle,
+                               on_change=self._status_changed)
+        self.rows = RowBuilder(lambda: self.config, self.lookup_pin, self.link.alive)
         self.events = 0
-        self.last_error: Optional[str] = None
-        self.reconciler = Reconciler(lambda: self.config, self._record, pins=self.lookup_pin)
-        self._next_id = 0
-        self._pin_requests: Dict[int, asyncio.Future] = {}
-        self._writer: Optional[asyncio.StreamWriter] = None
-        self._stop = asyncio.Event()
-        self._lost = asyncio.Event()
-        self._sweep_wanted = asyncio.Event()
+        self._channel: Optional[Channel] = None
+        self._handlers = {m.NoteHook: self._on_note_hook, m.Reload: self._on_reload,
+                          m.ReconcileRequest: self._on_reconcile, m.Stop: self._on_stop}
         self._sweep_why = "start"
-        self._event_queue: asyncio.Queue = asyncio.Queue()
         #: instance UUID -> (why, first asked): domains to reconcile one by one.
         self._domain_work: "OrderedDict[str, Tuple[str, float]]" = OrderedDict()
-        self._domain_work_ready = asyncio.Event()
-        #: instance UUID -> Nova facts (name, project, flavor) from the last XML read:
-        #: what STOPPED and UNDEFINED rows carry, as there is nothing left to read then.
-        self._facts: "OrderedDict[str, dict]" = OrderedDict()
-        #: For boot keys: libvirtd's pid (its mount namespace holds the QEMU pid files),
-        #: looked up again at every connect.
-        self._libvirtd_pid: Optional[int] = None
-        self._kernel_boot_id = qemuproc.kernel_boot_id()
         self._status_handle: Optional[asyncio.TimerHandle] = None
         self._tasks: list = []
         self.exit_code = 0
+        # Made in run(), inside the running loop: on Python 3.9 an asyncio object made
+        # before asyncio.run binds to another loop (the reconciler holds locks).
+        self.reconciler: Optional[Reconciler] = None
+        self._stop: Optional[asyncio.Event] = None
+        self._sweep_wanted: Optional[asyncio.Event] = None
+        self._event_queue: Optional[asyncio.Queue] = None
+        self._domain_work_ready: Optional[asyncio.Event] = None
+
+    @property
+    def conn(self) -> Optional[libvirt.virConnect]:
+        return self.link.conn
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
 
     # ------------------------------------------------------------ the daemon
-    def _send(self, msg: dict) -> None:
-        if self._writer is None or self._writer.is_closing():
-            return
-        try:
-            self._writer.write(wire.encode(msg))
-        except (HookdError, OSError) as err:
-            log.error("cannot send to the daemon: %s", err)
+    def _send(self, msg: m.Message) -> None:
+        if self._channel is not None:
+            self._channel.send(msg)
 
     def _record(self, **row) -> None:
-        self._send({"op": "audit", "row": row})
+        self._send(m.AuditRow(row))
 
     def status(self) -> dict:
-        return {"events": {"uri": self.uri, "connected": self.connected, "reconnects": self.reconnects,
-                           "events": self.events, "last_error": self.last_error},
+        return {"events": {"uri": self.uri, "connected": self.link.connected, "reconnects": self.link.reconnects,
+                           "events": self.events, "last_error": self.link.last_error},
                 "reconcile": {**self.reconciler.stats(), "enabled": self.config.reconcile_enabled,
                               "interval": self.config.reconcile_interval}}
 
@@ -168,55 +119,42 @@ class Worker:
 
     def _send_status(self) -> None:
         self._status_handle = None
-        self._send({"op": "status", **self.status()})
+        self._send(m.WorkerStatus(**self.status()))
 
-    async def _read_daemon(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            try:
-                msg = await wire.read_message(reader)
-            except (EOFError, ConnectionError):
-                log.info("the daemon closed our channel; stopping")
-                self._stop.set()
-                return
-            except HookdError as err:
-                log.error("bad message from the daemon: %s; stopping", err)
-                self._stop.set()
-                return
-            op = msg.get("op")
-            if op == "pin":
-                fut = self._pin_requests.pop(msg.get("id"), None)
-                if fut is not None and not fut.done():
-                    fut.set_result(msg)
-            elif op == "note_hook":
-                self.reconciler.note_hook(str(msg.get("instance_uuid") or ""), str(msg.get("hook")),
-                                          msg.get("t") if isinstance(msg.get("t"), (int, float)) else None)
-            elif op == "reload":
-                self._reload()
-            elif op == "reconcile":
-                self._spawn(self._manual_reconcile(msg.get("id"), bool(msg.get("dry_run"))))
-            elif op == "stop":
-                self._stop.set()
-                return
-            else:
-                log.error("unknown message %r from the daemon; ignored", op)
+    async def _read_daemon(self) -> None:
+        try:
+            await self._channel.serve()
+        except ProtocolError as err:
+            log.error("bad message from the daemon: %s; stopping", err)
+        else:
+            log.info("the daemon closed our channel; stopping")
+        self._stop.set()
+
+    def _on_note_hook(self, msg: m.NoteHook) -> None:
+        self.reconciler.note_hook(msg.instance_uuid, msg.hook, msg.t)
+
+    def _on_reload(self, _msg: m.Reload) -> None:
+        self._reload()
+
+    def _on_reconcile(self, msg: m.ReconcileRequest) -> None:
+        self._spawn(self._manual_reconcile(msg.id, msg.dry_run))
+
+    def _on_stop(self, _msg: m.Stop) -> None:
+        self._stop.set()
 
     async def lookup_pin(self, uuid: str) -> Optional[str]:
         """The instance's pin, from the daemon (the pin store's one owner); bounded wait."""
-        self._next_id += 1
-        req = self._next_id
-        fut = asyncio.get_running_loop().create_future()
-        self._pin_requests[req] = fut
-        self._send({"op": "pin", "id": req, "instance_uuid": uuid})
+        if self._channel is None:
+            raise HookdError("not connected to the daemon")
         try:
-            reply = await asyncio.wait_for(fut, PIN_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            raise HookdError(f"no answer from the daemon within {PIN_TIMEOUT_S:g} s") from None
-        finally:
-            self._pin_requests.pop(req, None)
-        if reply.get("error"):
-            raise HookdError(str(reply["error"]))
-        pin = reply.get("serial")
-        return pin if isinstance(pin, str) else None
+            reply = await self._channel.request(lambda req: m.PinRequest(id=req, instance_uuid=uuid), PIN_TIMEOUT_S)
+        except RequestTimeout as err:
+            raise HookdError(f"no answer from the daemon within {PIN_TIMEOUT_S:g} s") from err
+        except ChannelClosed as err:
+            raise HookdError(f"no answer from the daemon: {err}") from err
+        if not isinstance(reply, m.PinAnswer):
+            raise HookdError(f"unexpected answer {reply.KIND!r} from the daemon to a pin lookup")
+        return reply.serial
 
     def _reload(self) -> None:
         try:
@@ -232,118 +170,36 @@ class Worker:
         # The policy may have changed under every saved definition.
         self._want_sweep("configuration reloaded")
 
-    async def _manual_reconcile(self, req_id, dry_run: bool) -> None:
+    async def _manual_reconcile(self, req_id: int, dry_run: bool) -> None:
+        result: m.ReconcileOutcome
         if not self.connected or self.conn is None:
-            result = {"v": 1, "error": f"not connected to libvirt at {self.uri}"
-                      + (f": {self.last_error}" if self.last_error else "")}
+            last_error = self.link.last_error
+            result = m.ErrorReply(f"not connected to libvirt at {self.uri}"
+                                  + (f": {last_error}" if last_error else ""))
         else:
             try:
                 items = await self.reconciler.sweep(self.conn, fix=not dry_run,
                                                     why="hookctl reconcile" + (" --dry-run" if dry_run else ""))
-                result = {"v": 1, "items": [i.as_dict() for i in items]}
+                result = m.ReconcileReply([i.as_dict() for i in items])
             except ReconcileError as err:
-                self._connection_failed(err)
-                result = {"v": 1, "error": str(err)}
+                self.link.failed(err)
+                result = m.ErrorReply(str(err))
         # Status first: whoever asked may look at `hookctl status` as soon as we answer.
         if self._status_handle is not None:
             self._status_handle.cancel()
         self._send_status()
-        self._send({"op": "reply", "id": req_id, "result": result})
+        self._send(m.ReconcileResult(id=req_id, result=result))
 
     # ------------------------------------------------------------ libvirt
-    def _open(self) -> None:
-        conn = libvirt.open(self.uri)
-        try:
-            conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
-            self._generation += 1
-            gen = self._generation
-            conn.registerCloseCallback(self._on_close, gen)
-            self._callback_id = conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, gen)
-        except libvirt.libvirtError:
-            try:
-                conn.close()
-            except libvirt.libvirtError:
-                pass
-            raise
-        self.conn = conn
+    def _connected(self, first: bool) -> None:
+        why = "the worker's start" if first else "a reconnect to libvirt"
+        self.rows.libvirtd_pid = qemuproc.socket_peer_pid(upstream.resolve(self.config.daemon.libvirt_socket).path)
+        # Events were missed while we were away (or before we started): list the
+        # running domains once the events already queued are recorded.
+        self._event_queue.put_nowait(("resync", why))
+        self._want_sweep("worker start" if first else "reconnected")
 
-    def _drop(self) -> None:
-        """Deregister and close; errors are expected when libvirtd is already gone."""
-        conn, self.conn = self.conn, None
-        self.connected = False
-        self._status_changed()
-        if conn is None:
-            return
-        if self._callback_id is not None:
-            try:
-                conn.domainEventDeregisterAny(self._callback_id)
-            except libvirt.libvirtError:
-                pass
-            self._callback_id = None
-        try:
-            conn.unregisterCloseCallback()
-        except libvirt.libvirtError:
-            pass
-        try:
-            conn.close()
-        except libvirt.libvirtError:
-            pass
-
-    def _on_close(self, _conn, reason: int, generation) -> None:
-        if generation != self._generation:
-            return
-        why = CLOSE_REASONS.get(reason, str(reason))
-        self.last_error = f"connection closed by libvirt ({why})"
-        log.warning("libvirt connection to %s closed (%s); reconnecting", self.uri, why)
-        self._lost.set()
-
-    def _connection_failed(self, err: BaseException) -> None:
-        self.last_error = str(err)
-        if not self._lost.is_set():
-            log.warning("libvirt connection to %s failed: %s; reconnecting", self.uri, err)
-        self._lost.set()
-
-    async def _keep_connected(self) -> None:
-        delay = RECONNECT_MIN_S
-        ever = False
-        failing = False
-        while True:
-            self._lost.clear()
-            try:
-                self._open()
-            except libvirt.libvirtError as err:
-                self.last_error = str(err)
-                self._status_changed()
-                if not failing:
-                    log.error("cannot connect to libvirt at %s: %s; retrying with backoff", self.uri, err)
-                    failing = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
-                continue
-            delay, failing = RECONNECT_MIN_S, False
-            self.connected = True
-            self.last_error = None
-            if ever:
-                self.reconnects += 1
-                log.info("reconnected to libvirt at %s (reconnect %d); events resubscribed", self.uri,
-                         self.reconnects)
-            else:
-                log.info("connected to libvirt at %s; subscribed to lifecycle events", self.uri)
-            self._status_changed()
-            why = "a reconnect to libvirt" if ever else "the worker's start"
-            self._libvirtd_pid = qemuproc.socket_peer_pid(upstream.resolve(self.config.daemon.libvirt_socket).path)
-            # Events were missed while we were away (or before we started): list the
-            # running domains once the events already queued are recorded.
-            self._event_queue.put_nowait(("resync", why))
-            self._want_sweep("reconnected" if ever else "worker start")
-            ever = True
-            await self._lost.wait()
-            self._drop()
-
-    def _on_lifecycle(self, _conn, dom, event: int, detail: int, generation) -> None:
-        if generation != self._generation:
-            return          # a callback of a connection we already dropped
+    def _on_lifecycle(self, dom, event: int, detail: int) -> None:
         self.events += 1
         self._status_changed()
         now = time.monotonic()
@@ -360,137 +216,27 @@ class Worker:
                     try:
                         await self._resync(item[1])
                     except ReconcileError as err:
-                        self._connection_failed(err)    # the next connect resyncs
+                        self.link.failed(err)    # the next connect resyncs
                 continue
             stamp, dom, event, detail = item
             name, detail_name = event_names(event, detail)
             if name in RECORDED:
                 try:
-                    await self._record_event(stamp, dom, name, detail_name)
+                    self._record(**await self.rows.event_row(stamp, dom, name, detail_name))
                 except ReconcileError as err:
-                    self._connection_failed(err)
+                    self.link.failed(err)
             if name in ("defined", "started"):
                 # DEFINED: someone wrote a definition; STARTED/MIGRATED: this host now
                 # holds the guest, and its saved definition is ours to fix.
                 self._want_domain(dom.UUIDString(), f"after {name}/{detail_name} event")
 
-    async def _read_definition(self, dom, name: str) -> Tuple[Optional[dict], str]:
-        """Nova facts and the serial decision of a domain's live (started) or saved
-        (defined) XML, as audit columns, and a note for the row's detail."""
-        dname, uuid = dom.name(), dom.UUIDString()
-        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if name == "defined" else 0
-        try:
-            xml = dom.XMLDesc(flags)
-        except libvirt.libvirtError as err:
-            if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN and not self._alive():
-                raise ReconcileError(f"libvirt connection lost: {err}") from err
-            return None, f"; definition not readable ({err.get_error_message()})"
-        note = ""
-        try:
-            pin = await self.lookup_pin(uuid)
-        except HookdError as err:
-            pin = None
-            note += f"; serial_wanted decided without the pin store ({err})"
-        try:
-            ev = evaluate(xml.encode("utf-8", "surrogatepass"), self.config.policy, rewrite=False,
-                          what=f"{name} XML of domain {dname!r}", pins=lambda _uuid: pin)
-        except HookdError as err:
-            return None, note + f"; cannot read the definition: {err}"
-        d, nova = ev.decision, ev.facts.nova
-        seen = {"nova_name": nova.name if nova else None,
-                "project": nova.project_uuid if nova else None,
-                "flavor": nova.flavor_name if nova else None,
-                "serial_seen": d.serial_current, "serial_wanted": d.serial_policy,
-                "verdict": d.verdict, "rule": d.rule}
-        note += ("; serial_seen is the saved definition's (next cold boot)" if name == "defined"
-                 else "; serial_seen is the running guest's")
-        return seen, note
-
-    def _boot_of(self, dom) -> Tuple[Optional[str], Optional[str]]:
-        """(boot key, QEMU start time) of a running domain; (None, None) once it is gone."""
-        try:
-            domain_id = dom.ID()
-        except libvirt.libvirtError:
-            return None, None
-        if domain_id is None or domain_id < 0:
-            return None, None
-        start = qemuproc.qemu_start(dom.UUIDString(), dom.name(), self._libvirtd_pid)
-        return qemuproc.boot_key(domain_id, start, self._kernel_boot_id), start.since if start else None
-
-    async def _record_event(self, stamp: str, dom, name: str, detail_name: str) -> None:
-        dname, uuid = dom.name(), dom.UUIDString()
-        row = {"time": stamp, "operation": name, "domain": dname, "instance_uuid": uuid,
-               "action": detail_name}
-        what = f"libvirt event {name.upper()}/{detail_name.upper()}"
-        if name in ("started", "defined"):
-            if name == "started":
-                # Read before the XML: a guest that stops meanwhile has no id any more.
-                row["boot"], row["since"] = self._boot_of(dom)
-            seen, note = await self._read_definition(dom, name)
-            what += note
-            if seen is not None:
-                row.update(seen)
-                self._remember(self._facts, uuid, {k: seen[k] for k in FACT_KEYS})
-        else:
-            # Stopped or gone: nothing left to read. Name the instance as last seen; the
-            # daemon's boot ledger adds the boot and the serial it ran with.
-            facts = self._facts.pop(uuid, None) if name == "undefined" else self._facts.get(uuid)
-            if facts is not None:
-                row.update(facts)
-        row["detail"] = what
-        if name == "started":
-            log.info("instance %s (%s) started (%s) with serial %r", uuid, dname, detail_name,
-                     row.get("serial_seen"))
-        else:
-            log.debug("instance %s (%s): %s", uuid, dname, what)
-        self._record(**row)
-
     async def _resync(self, why: str) -> None:
         """List the running domains for the daemon's boot ledger: boots whose STARTED
         event we missed (or whose STOPPED event: they are absent) while away."""
-        try:
-            doms = self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-        except libvirt.libvirtError as err:
-            raise ReconcileError(f"cannot list running domains: {err}") from err
-        running, pending = [], []
-        for dom in doms:
-            uuid = dom.UUIDString()
-            try:
-                state, reason = dom.state()
-            except libvirt.libvirtError:
-                continue        # gone since the list: its STOPPED event follows
-            if state == libvirt.VIR_DOMAIN_PAUSED and reason in _NOT_YET_STARTED:
-                # Active to libvirt but not yet started (its hooks may still run): its
-                # STARTED event is still to come, and must be what records it.
-                pending.append(uuid)
-                continue
-            boot, since = self._boot_of(dom)
-            if boot is None:
-                continue
-            seen, note = await self._read_definition(dom, "running")
-            row = {"domain": dom.name(), "instance_uuid": uuid, "boot": boot, "since": since,
-                   "detail": f"found running by the resync after {why}, its STARTED event missed; "
-                             f"running since {since or 'an unknown time (QEMU process not visible)'}" + note}
-            if seen is not None:
-                row.update(seen)
-                self._remember(self._facts, uuid, {k: seen[k] for k in FACT_KEYS})
-            running.append(row)
-        self._send({"op": "resync", "why": why, "running": running, "pending": pending})
+        running, pending = await self.rows.resync_rows(self.conn, why)
+        self._send(m.Resync(why=why, running=running, pending=pending))
         log.info("resync after %s: %d running domains listed for the boot ledger%s", why, len(running),
                  f", {len(pending)} starting or migrating" if pending else "")
-
-    @staticmethod
-    def _remember(cache: OrderedDict, key: str, value) -> None:
-        cache[key] = value
-        cache.move_to_end(key)
-        while len(cache) > CACHE_MAX:
-            cache.popitem(last=False)
-
-    def _alive(self) -> bool:
-        try:
-            return self.conn is not None and bool(self.conn.isAlive())
-        except libvirt.libvirtError:
-            return False
 
     # ------------------------------------------------------------ reconciling
     def _want_sweep(self, why: str) -> None:
@@ -519,7 +265,7 @@ class Worker:
             try:
                 await self.reconciler.sweep(self.conn, fix=True, why=why)
             except ReconcileError as err:
-                self._connection_failed(err)
+                self.link.failed(err)
             self._status_changed()
 
     async def _domain_worker(self) -> None:
@@ -535,13 +281,13 @@ class Worker:
                 try:
                     dom = self.conn.lookupByUUIDString(uuid)
                 except libvirt.libvirtError as err:
-                    if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN and not self._alive():
-                        self._connection_failed(err)
+                    if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN and not self.link.alive():
+                        self.link.failed(err)
                     continue
                 try:
                     item = await self.reconciler.reconcile_domain(dom, fix=True, why=why)
                 except ReconcileError as err:
-                    self._connection_failed(err)
+                    self.link.failed(err)
                     continue
                 self._status_changed()
                 if item.retry:
@@ -577,30 +323,31 @@ class Worker:
             self._stop.set()
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        # Must be registered inside the running loop and before any connection is opened.
-        libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
-        libvirt.registerErrorHandler(_quiet_libvirt_errors, None)
+        self._stop = asyncio.Event()
+        self._sweep_wanted = asyncio.Event()
+        self._event_queue = asyncio.Queue()
+        self._domain_work_ready = asyncio.Event()
+        self.reconciler = Reconciler(lambda: self.config, self._record, pins=self.lookup_pin)
+        # libvirtaio: registered inside the running loop and before any connection is opened.
+        self.link.start()
         sock = socket.socket(fileno=self.fd)
         sock.setblocking(False)
-        reader, self._writer = await asyncio.open_unix_connection(sock=sock)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        self._channel = Channel(reader, writer, incoming=m.TO_WORKER, handlers=self._handlers,
+                                peer="the daemon", log=log)
         self._send_status()
-        for coro in (self._read_daemon(reader), self._keep_connected(), self._process_events(),
+        for coro in (self._read_daemon(), self.link.run(), self._process_events(),
                      self._sweeper(), self._domain_worker()):
             self._spawn(coro)
         await self._stop.wait()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._drop()
+        await self.link.shutdown()
         if self._status_handle is not None:
             self._status_handle.cancel()
         self._send_status()
-        try:
-            self._writer.close()
-            await asyncio.wait_for(self._writer.wait_closed(), 2.0)
-        except (OSError, asyncio.TimeoutError):
-            pass
+        await self._channel.aclose("the libvirt worker stopped")
         log.debug("libvirt worker stopped")
         return self.exit_code
 
@@ -638,7 +385,7 @@ def main(argv=None) -> int:
         signal.signal(sig, signal.SIG_IGN)
     if not _die_with_parent():
         return 1
-    from hookd.daemon import setup_logging
+    from hookd.logs import setup_logging
     try:
         config = load_config(args.config)
     except HookdError as err:
