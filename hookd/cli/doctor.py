@@ -142,7 +142,7 @@ def check_config(path: Optional[str]):
 
 
 def _find_shim(hooks_dir: str) -> Optional[str]:
-    from hookd.cli.main import SHIM_NAME
+    from hookd.cli.shim import SHIM_NAME
     default = os.path.join(hooks_dir, SHIM_NAME)
     if os.path.lexists(default):
         return default
@@ -162,7 +162,7 @@ def _find_shim(hooks_dir: str) -> Optional[str]:
 
 
 def check_shim(hooks_dir: str, cfg) -> Tuple[Check, Optional[str]]:
-    from hookd.cli.main import SHIM_DEFAULTS, SHIM_NAME, parse_shim_settings
+    from hookd.cli.shim import SHIM_DEFAULTS, SHIM_NAME, parse_shim_settings
     install = f"hookctl install-hook {hooks_dir}"
     if not os.path.isdir(hooks_dir):
         return Check(FAIL, "shim", f"hooks directory {hooks_dir} does not exist",
@@ -274,7 +274,7 @@ def check_libvirtd_start(hooks_dir: str, shim: Optional[str]) -> Check:
 
 
 def check_daemon(cfg) -> Tuple[Check, Optional[dict]]:
-    from hookd.cli.main import ask_daemon
+    from hookd.cli.common import ask_daemon
     from hookd.errors import HookdError
     from hookd.config import DaemonSettings
     sock = (cfg.daemon if cfg is not None else DaemonSettings()).socket
@@ -650,7 +650,7 @@ def check_store(cfg, status: Optional[dict]) -> Check:
 # ------------------------------------------------------------------ main
 
 def run_checks(args) -> List[Check]:
-    from hookd.cli.main import CliError
+    from hookd.cli.common import CliError
     if not 0.5 <= args.timeout <= 600:
         raise CliError(f"--timeout must be between 0.5 and 600 seconds, got {args.timeout:g}")
     checks: List[Check] = []
