@@ -55,7 +55,7 @@ def _start_once(conn, xml):
 
 
 def release_shim(base: pathlib.Path) -> pathlib.Path:
-    from hookd.cli.main import build_shim
+    from hookd.cli.shim import build_shim
     out = base / "hookd-shim"
     if not out.exists():
         build_shim(str(out))

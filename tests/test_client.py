@@ -129,11 +129,3 @@ def test_an_unreadable_answer_is_a_client_error(serve, reply, why):
     with pytest.raises(client.ClientError, match=f"hookd at .* gave an unreadable answer: .*{why}"):
         client.ask(srv.path, messages.StatusQuery())
 
-
-def test_hookctls_ask_daemon_is_the_client(serve):
-    from hookd.cli.main import ask_daemon
-    srv = serve(answer({"v": 1, "error": "busy"}))
-    assert ask_daemon(srv.path, {"v": 1, "op": "status"}) == {"v": 1, "error": "busy"}
-    assert srv.requests == [wire.encode({"v": 1, "op": "status"})]
-    with pytest.raises(messages.UnknownKind):
-        ask_daemon(srv.path, {"v": 1, "op": "nope"})

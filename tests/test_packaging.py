@@ -403,6 +403,6 @@ def test_install_hook_bad_arguments_write_nothing(tmp_path, args, fragment):
 
 
 def test_shim_settings_parser_matches_the_writer():
-    from hookd.cli.main import parse_shim_settings, render_shim_settings
+    from hookd.cli.shim import parse_shim_settings, render_shim_settings
     text = render_shim_settings(socket_path="/run/a b.sock", timeout=0.25, on_unreachable="deny")
     assert parse_shim_settings(text) == {"socket": "/run/a b.sock", "timeout": 0.25, "on_unreachable": "deny"}

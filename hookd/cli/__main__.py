@@ -1,4 +1,5 @@
-"""`python3 -m hookd.cli`: the same as `hookctl`."""
+"""`python3 -m hookd.cli`: the same as `hookctl` (the packages' build steps run it so);
+it only calls hookd.cli.main.main and must hold nothing else."""
 
 import sys
 

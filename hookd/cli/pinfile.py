@@ -3,7 +3,7 @@
 Owns reading a file of (instance UUID, serial) rows in CSV or JSON, validating every
 row like any pin (hookd.stores.pins.check_pin), classifying each row against the pins a
 store already holds, and writing pins back in the same formats. It decides nothing
-about serials and never writes a store itself: hookd.cli.main does, create-if-absent
+about serials and never writes a store itself: hookd.cli.pins does, create-if-absent
 (first writer wins; an existing pin is never overwritten).
 
 Formats (the same for import and export):
