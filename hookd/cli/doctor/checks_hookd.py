@@ -176,8 +176,10 @@ def check_daemon(cfg) -> Tuple[Check, Optional[dict]]:
     try:
         st = client.ask(sock, messages.StatusQuery(), timeout=3.0)
     except HookdError as err:
-        return Check(FAIL, "daemon", str(err),
-                     "systemctl start hookd.socket hookd.service; see journalctl -u hookd"), None
+        # A garbled answer means a hookd that runs but misbehaves; no answer, one that is down.
+        fix = "systemctl restart hookd" if "unreadable answer" in str(err) else \
+            "systemctl start hookd.socket hookd.service"
+        return Check(FAIL, "daemon", str(err), fix + "; see journalctl -u hookd"), None
     if not isinstance(st, dict):
         return Check(FAIL, "daemon", f"hookd at {sock} gave an unreadable answer",
                      "systemctl restart hookd"), None
