@@ -5,8 +5,8 @@ serves libvirt's own RPC protocol on a socket of its own; nova-compute connects
 to ``qemu+unix:///system?socket=<listen_path>`` and every domain definition
 that passes through is handed to hookd's policy callback.
 
-This module owns: the listening socket (creation, permissions, peer-credential
-check), one upstream connection per admitted client, the byte-for-byte relay in
+This module owns: the listening socket (created or inherited, and the
+peer-credential check, through hookd.ipc.listener), one upstream connection per admitted client, the byte-for-byte relay in
 both directions (replies, events, keepalives, streams, errors, and the file
 descriptors that WITH_FDS messages pass with SCM_RIGHTS), bounded buffering with
 backpressure, and the interception of the client->libvirtd calls listed in
@@ -27,18 +27,14 @@ from __future__ import annotations
 import array
 import asyncio
 import collections
-import grp
 import logging
 import os
-import pwd
 import socket
-import stat
-import struct
 import time
 from typing import Callable
 
 from hookd.errors import HookdError
-from hookd.hookpath.server import adopt_listener
+from hookd.ipc.listener import adopt_listener, admit, create_unix_listener, file_identity, unlink_if_same
 from hookd.rpc.frame import (
     CALL_TYPES,
     MESSAGE_MAX,
@@ -72,8 +68,6 @@ OVER_LIMIT_LOG_S = 10.0
 ACCEPT_PAUSE = 0.5
 LISTEN_BACKLOG = 128
 SOCKET_MODE = 0o660
-SOCKET_DIR_MODE = 0o755
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 # Plain ints: IntFlag arithmetic costs microseconds on every read.
 _RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
@@ -391,7 +385,7 @@ class LibvirtProxy:
         self._log = log or logging.getLogger("hookd.rpc.proxy")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lsock: socket.socket | None = None
-        self._created: tuple[str, int, int] | None = None  # (path, st_dev, st_ino) to unlink at close
+        self._created: tuple[str, tuple[int, int]] | None = None  # (path, file identity) to unlink at close
         self._sessions: set[_Session] = set()
         self._connecting: set[asyncio.Task] = set()
         self._counter = 0
@@ -428,55 +422,14 @@ class LibvirtProxy:
         self._log.info("libvirt proxy listening on %s, upstream %s", where, self.upstream_path)
 
     def _bind(self, path: str) -> socket.socket:
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            os.makedirs(parent, mode=SOCKET_DIR_MODE, exist_ok=True)
-            os.chmod(parent, SOCKET_DIR_MODE)
-        self._check_stale(path)
-        # Bind under a temporary name and rename into place, so the socket is
-        # never reachable with the wrong owner or mode.
-        tmp = f"{path}.{os.getpid()}.tmp"
+        sock = create_unix_listener(path, SOCKET_MODE, self.allowed_gid, LISTEN_BACKLOG,
+                                    what="proxy", logger=self._log)
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(tmp)
-            os.chown(tmp, 0 if os.geteuid() == 0 else -1,
-                     self.allowed_gid if self.allowed_gid is not None else -1)
-            os.chmod(tmp, SOCKET_MODE)
-            sock.listen(LISTEN_BACKLOG)
-            os.rename(tmp, path)
-            st = os.stat(path)
+            self._created = (path, file_identity(path))
         except OSError as err:
             sock.close()
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             raise HookdError(f"cannot create proxy socket {path}: {err}") from err
-        self._created = (path, st.st_dev, st.st_ino)
         return sock
-
-    def _check_stale(self, path: str) -> None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise HookdError(f"{path} exists and is not a socket; refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.settimeout(1.0)
-            probe.connect(path)
-        except OSError:
-            self._log.info("removing stale socket %s", path)
-            os.unlink(path)
-            return
-        finally:
-            probe.close()
-        raise HookdError(f"{path} is in use by another process")
 
     async def close(self) -> None:
         self._closing = True
@@ -492,14 +445,9 @@ class LibvirtProxy:
         for session in list(self._sessions):
             session.close("proxy closing")
         if self._created is not None:
-            path, dev, ino = self._created
+            path, identity = self._created
             self._created = None
-            try:
-                st = os.lstat(path)
-                if (st.st_dev, st.st_ino) == (dev, ino):
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
+            unlink_if_same(path, identity)
         self._log.info("libvirt proxy closed")
 
     # ------------------------------------------------------------------ accepting
@@ -520,10 +468,11 @@ class LibvirtProxy:
                 return
             self.stats["clients_total"] += 1
             conn.setblocking(False)
-            allowed, peer, reason = self._check_peer(conn)
-            if not allowed:
+            admission = admit(conn, (0,), self.allowed_gid)
+            peer = admission.who
+            if not admission.allowed:
                 self.stats["clients_refused"] += 1
-                self._log.warning("refused client %s: %s", peer, reason)
+                self._log.warning("refused client %s: %s", peer, admission.reason)
                 conn.close()
                 continue
             if len(self._sessions) + len(self._connecting) >= self.max_clients:
@@ -551,30 +500,6 @@ class LibvirtProxy:
     def _resume_accept(self) -> None:
         if self._lsock is not None and not self._closing:
             self._loop.add_reader(self._lsock.fileno(), self._on_accept)
-
-    def _check_peer(self, conn: socket.socket) -> tuple[bool, str, str]:
-        try:
-            pid, uid, gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                          _UCRED.size))
-        except OSError as err:
-            return False, "unknown peer", f"SO_PEERCRED failed: {err}"
-        peer = f"pid={pid} uid={uid} gid={gid}"
-        if uid == 0:
-            return True, peer, "root"
-        want = self.allowed_gid
-        if want is None:
-            return False, peer, "not root and no group is allowed"
-        if gid == want:
-            return True, peer, "primary group"
-        if want in _proc_groups(pid):
-            return True, peer, "supplementary group"
-        try:
-            user = pwd.getpwuid(uid)
-            if user.pw_gid == want or user.pw_name in grp.getgrgid(want).gr_mem:
-                return True, peer, "group member"
-        except KeyError:
-            pass
-        return False, peer, f"neither root nor in group {want}"
 
     @property
     def upstream_path(self) -> str:
@@ -655,14 +580,3 @@ class LibvirtProxy:
             self._log.error("on_error callback failed: %s: %s", type(cb_err).__name__, cb_err)
             self._log.debug("traceback of the on_error failure", exc_info=cb_err)
 
-
-def _proc_groups(pid: int) -> set[int]:
-    """Supplementary groups of a live process, from /proc/<pid>/status."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:] if g.isdigit()}
-    except OSError:
-        pass
-    return set()
