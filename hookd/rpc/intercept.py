@@ -58,7 +58,11 @@ class Interceptor:
                 and header.type in CALL_TYPES)
 
     def __call__(self, frame: Frame, session: int = 0) -> bytes:
-        return self.intercept(frame, session) if self.wants(frame) else frame.raw
+        header = frame.header  # wants(), inline: this runs for every client->libvirtd message
+        if (header.program == REMOTE_PROGRAM and header.procedure in CODECS
+                and header.type in CALL_TYPES):
+            return self.intercept(frame, session)
+        return frame.raw
 
     def intercept(self, frame: Frame, session: int = 0) -> bytes:
         """The bytes to forward for an intercepted call: rewritten, or the original."""
