@@ -29,7 +29,8 @@ from hookd.stores.audit import AuditLog
 from hookd.config import DEFAULT_CONFIG, Config, load_config
 from hookd.errors import HookdError
 from hookd.hookpath.handler import HookHandler
-from hookd.hookpath.server import LISTEN_BACKLOG, HookServer
+from hookd.hookpath.server import HookServer
+from hookd.ipc.listener import LISTEN_BACKLOG
 from hookd.stores import open_store
 from hookd.stores.pins import UnavailableStore
 from hookd.virt.supervisor import WorkerSupervisor

@@ -320,7 +320,7 @@ def test_inherited_hook_socket_asks_asyncio_not_to_unlink_it():
     """Issue #17: Python >= 3.13 unlinks a UNIX server's socket file at close unless
     cleanup_socket=False; hookd passes it for an inherited socket when the parameter exists."""
     import asyncio
-    from hookd.hookpath.server import keep_socket_file_kwargs
+    from hookd.ipc.listener import keep_socket_file_kwargs
     assert keep_socket_file_kwargs(_Loop313()) == {"cleanup_socket": False}
     loop = asyncio.new_event_loop()
     try:

@@ -10,102 +10,20 @@ to the daemon. It does not decide anything (see hookd.hookpath.handler) and hold
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
-import socket
-import stat
-import struct
-import sys
 from typing import Awaitable, Callable, Optional, Set
 
 from hookd.hookpath import shimwire
-from hookd.errors import HookdError, ProtocolError
+from hookd.errors import ProtocolError
+from hookd.ipc.listener import LISTEN_BACKLOG, adopt_listener, admit, create_unix_listener, keep_socket_file_kwargs
 from hookd.ipc.wire import HEADER, encode, read_message
 
 log = logging.getLogger("hookd.hookpath.server")
 
-_UCRED = struct.Struct("3i")        # struct ucred: pid, uid, gid
 #: A shim sends its request at once; a peer that does not is dropped, so a stuck
 #: client never holds a handler.
 READ_TIMEOUT_S = 10.0
-
-
-def peer_credentials(sock: socket.socket):
-    """(pid, uid, gid) of the process at the other end of a UNIX socket."""
-    return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-
-
-#: A hypervisor boot starts dozens of guests at once; each start's prepare hook
-#: connects here. asyncio re-listens with its own backlog (default 100), so pass it.
-LISTEN_BACKLOG = 1024
-
-
-def create_unix_listener(path: str, mode: int, gid: Optional[int] = None,
-                         backlog: int = LISTEN_BACKLOG) -> socket.socket:
-    """Bind a listening socket at `path` with `mode` from the first instant.
-
-    The umask is applied around bind() so the socket is never, even briefly, more
-    open than `mode`; a stale socket file is replaced, anything else is refused.
-    """
-    parent = os.path.dirname(path)
-    os.makedirs(parent, mode=0o755, exist_ok=True)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise HookdError(f"{path} exists and is not a socket; refusing to replace it")
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o777 & ~mode)
-    try:
-        sock.bind(path)
-    except OSError as err:
-        sock.close()
-        raise HookdError(f"cannot bind {path}: {err.strerror}") from err
-    finally:
-        os.umask(old)
-    if gid is not None:
-        os.chown(path, 0, gid)
-    os.chmod(path, mode)
-    sock.listen(backlog)
-    return sock
-
-
-def adopt_listener(fd: int, what: str) -> socket.socket:
-    """An inherited descriptor as a non-blocking listening socket; a HookdError (one line)
-    if it is not a listening UNIX stream socket."""
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError as err:
-        raise HookdError(f"inherited {what} socket (fd {fd}) is not a socket: {err.strerror}") from err
-    try:
-        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    except OSError:
-        listening = 0
-    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or not listening:
-        sock.detach()
-        raise HookdError(f"inherited {what} socket (fd {fd}) is not a listening UNIX stream socket")
-    sock.setblocking(False)
-    return sock
-
-
-def keep_socket_file_kwargs(loop: asyncio.AbstractEventLoop) -> dict:
-    """Keyword arguments that stop asyncio from unlinking a UNIX server's socket file at close.
-
-    Since Python 3.13 create_unix_server() (and so start_unix_server()) takes
-    cleanup_socket=True by default and unlinks the socket's path when the server
-    closes, also for a socket passed with sock=: for an inherited (socket-activated)
-    socket that deletes systemd's socket, and clients get ENOENT until the socket unit
-    is restarted (issue #17). Older versions have no such parameter and never unlink.
-    """
-    try:
-        params = inspect.signature(loop.create_unix_server).parameters
-    except (TypeError, ValueError):         # a loop whose signature cannot be read
-        return {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
-    return {"cleanup_socket": False} if "cleanup_socket" in params else {}
 
 
 class HookServer:
@@ -129,7 +47,8 @@ class HookServer:
             # The socket's path belongs to whoever passed it (systemd): never unlink it.
             extra = keep_socket_file_kwargs(asyncio.get_running_loop())
         else:
-            sock = create_unix_listener(self.path, 0o600)
+            # Root only (0600), and it has always taken the path over, even from a live socket.
+            sock = create_unix_listener(self.path, 0o600, what="hook", replace_live=True)
             self._created = True
         self._server = await asyncio.start_unix_server(self._client, sock=sock, backlog=LISTEN_BACKLOG, **extra)
 
@@ -137,8 +56,11 @@ class HookServer:
         task = asyncio.current_task()
         self._tasks.add(task)
         try:
-            pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
-            if uid != 0:
+            admission = admit(writer.get_extra_info("socket"))      # root only
+            if admission.error is not None:
+                raise admission.error
+            pid, uid, gid = admission.peer
+            if not admission.allowed:
                 self.refused += 1
                 log.warning("hook socket: refused connection from pid %d uid %d gid %d: only root may use it",
                             pid, uid, gid)
