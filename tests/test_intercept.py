@@ -17,18 +17,14 @@ from hookd.rpc.frame import (
     encode,
 )
 from hookd.rpc.intercept import STATS_KEYS, Interceptor
-from hookd.rpc.xdr import (
-    CODECS,
-    PROC_DOMAIN_CREATE_XML_WITH_FILES,
-    PROC_DOMAIN_DEFINE_XML,
-    PROC_DOMAIN_MIGRATE_PREPARE3_PARAMS,
-    DomainCreateXmlWithFilesArgs,
-    DomainDefineXmlArgs,
-    DomainMigratePrepare3ParamsArgs,
-    ParamType,
-    TypedParam,
-    XdrWriter,
-)
+from hookd.rpc.procedures import (CODECS,
+                                  PROC_DOMAIN_CREATE_XML_WITH_FILES,
+                                  PROC_DOMAIN_DEFINE_XML,
+                                  PROC_DOMAIN_MIGRATE_PREPARE3_PARAMS,
+                                  DomainCreateXmlWithFilesArgs,
+                                  DomainDefineXmlArgs,
+                                  DomainMigratePrepare3ParamsArgs)
+from hookd.rpc.xdr import ParamType, TypedParam, XdrWriter
 
 OLD = "<domain type='kvm'><name>g</name><uuid>u-1</uuid></domain>"
 NEW = "<domain type='kvm'><name>g</name><uuid>u-1</uuid><sysinfo/></domain>"

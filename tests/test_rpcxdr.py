@@ -8,17 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hookd.errors import ProtocolError
-from hookd.rpc.xdr import (
-    CODECS,
-    NonnullDomain,
-    ParamType,
-    TypedParam,
-    XdrError,
-    XdrReader,
-    XdrWriter,
-    decode_typed_params,
-    encode_typed_params,
-)
+from hookd.rpc.procedures import CODECS
+from hookd.rpc.xdr import (NonnullDomain,
+                           ParamType,
+                           TypedParam,
+                           XdrError,
+                           XdrReader,
+                           XdrWriter,
+                           decode_typed_params,
+                           encode_typed_params)
 
 
 def xdr_string(s: bytes) -> bytes:

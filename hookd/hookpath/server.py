@@ -1,8 +1,8 @@
 """The hook socket: accepts the shim's and hookctl's connections, root only.
 
-Owns the listening UNIX socket (created 0600, or inherited from systemd socket
-activation), the SO_PEERCRED check on every connection, bounded reads, and the
-dispatch of decoded messages: a shim request (hookd.hookpath.shimwire, told apart by its first
+Owns the hook socket's rules (created 0600 and root only, or inherited from systemd socket
+activation; the binding and the SO_PEERCRED check themselves are hookd.ipc.listener's),
+bounded reads, and the dispatch of decoded messages: a shim request (hookd.hookpath.shimwire, told apart by its first
 four bytes) to the hook handler, a JSON message (hookd.ipc.wire, hookctl's control calls)
 to the daemon. It does not decide anything (see hookd.hookpath.handler) and holds no policy.
 """

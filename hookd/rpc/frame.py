@@ -25,7 +25,7 @@ not part of the message: libvirt (gnulib's sendfd) sends every descriptor with
 SCM_RIGHTS attached to a one-byte write of its own, after the message. The
 decoder therefore holds such a message back until those carrier bytes have
 arrived and hands them over in ``Frame.fd_carrier``; which descriptor came with
-which byte is the transport's business (hookd.rpc.proxy).
+which byte is the transport's business (hookd.rpc.relay).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The proxy's interceptor: the domain XML of a client->libvirtd call, through the policy callback.
 
 This module owns: telling which messages are intercepted (a CALL or
-CALL_WITH_FDS of a REMOTE_PROGRAM procedure in hookd.rpc.xdr.CODECS), decoding
+CALL_WITH_FDS of a REMOTE_PROGRAM procedure in hookd.rpc.procedures.CODECS), decoding
 such a call's arguments, handing its domain XML to the ``rewrite`` callback,
 re-encoding the call with the XML the callback returned (same header, serial
 and descriptor count; length word fixed), the definitions_seen /
@@ -22,7 +22,8 @@ import logging
 from typing import Callable, Optional
 
 from hookd.rpc.frame import CALL_TYPES, MESSAGE_MAX, REMOTE_PROGRAM, Frame, FrameError
-from hookd.rpc.xdr import CODECS, XdrError
+from hookd.rpc.procedures import CODECS
+from hookd.rpc.xdr import XdrError
 
 #: ``rewrite(op, xml)``: the XML to forward instead, or None to forward the call unchanged.
 RewriteFn = Callable[[str, str], "str | None"]

@@ -32,7 +32,8 @@ from hookd.rpc.frame import (
     Status,
     encode,
 )
-from hookd.rpc.xdr import CODECS, XdrWriter
+from hookd.rpc.procedures import CODECS
+from hookd.rpc.xdr import XdrWriter
 from tests.waiting import wait_for
 from tests.harness.guest import nova_domain_xml
 

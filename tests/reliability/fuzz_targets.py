@@ -83,7 +83,8 @@ def xml_seeds():
 def frames_target():
     from hookd.rpc import frame as rpcframe, xdr as rpcxdr
     from hookd.rpc.frame import FrameDecoder, FrameError
-    from hookd.rpc.xdr import CODECS, XdrError
+    from hookd.rpc.procedures import CODECS
+    from hookd.rpc.xdr import XdrError
 
     def one(data: bytes) -> None:
         if len(data) < 5:
@@ -139,9 +140,10 @@ def frames_target():
 
 def frames_seeds():
     from hookd.rpc.frame import REMOTE_PROGRAM, Header, MessageType, encode
-    from hookd.rpc.xdr import CODECS, NonnullDomain, ParamType, TypedParam
-    from hookd.rpc.xdr import DomainCreateXmlArgs, DomainDefineXmlArgs, DomainDefineXmlFlagsArgs
-    from hookd.rpc.xdr import DomainMigratePerform3ParamsArgs, DomainMigratePrepare3ParamsArgs
+    from hookd.rpc.procedures import CODECS
+    from hookd.rpc.xdr import NonnullDomain, ParamType, TypedParam
+    from hookd.rpc.procedures import DomainCreateXmlArgs, DomainDefineXmlArgs, DomainDefineXmlFlagsArgs
+    from hookd.rpc.procedures import DomainMigratePerform3ParamsArgs, DomainMigratePrepare3ParamsArgs
     xml = "<domain type='kvm'><name>x</name><uuid>1b0b8a5e-2c1d-4d7e-9f00-aabbccddeeff</uuid></domain>"
     params = (TypedParam("persistent_xml", ParamType.STRING, xml),
               TypedParam("destination_xml", ParamType.STRING, xml),
