@@ -3,7 +3,7 @@
 A simulated fleet (default 1,000 hosts x 20 instances = 20,000 instances, about a
 minute and a half; `--instances-per-host 100` is the 100,000-instance fleet, about
 six minutes) against
-a real etcd (Debian's etcd-server, started as tests/integration/etcd_proc.py does),
+a real etcd (Debian's etcd-server, started as tests/harness/etcd_proc.py does),
 once per scheme, each on its own fresh etcd, the same workload (same seed) in the
 same run:
 
@@ -77,7 +77,7 @@ from hookd.config import StoreSettings  # noqa: E402
 from hookd.errors import StoreError  # noqa: E402
 from hookd.stores.etcd import EtcdPinStore  # noqa: E402
 from hookd.stores.etcdgateway import b64 as _b64, http_post, prefix_end as _prefix_end, read_body, read_response_head  # noqa: E402
-from tests.integration.etcd_proc import EtcdProcess  # noqa: E402
+from tests.harness.etcd_proc import EtcdProcess  # noqa: E402
 
 HOSTS = int(os.environ.get("HOOKD_BENCH_FLEET_HOSTS", "1000"))
 PER_HOST = int(os.environ.get("HOOKD_BENCH_FLEET_INSTANCES", "20"))

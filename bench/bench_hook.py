@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.harness.guest import nova_domain_xml  # noqa: E402
 from tests.harness.libvirt_host import LibvirtHost  # noqa: E402
-from tests.integration.hookd_proc import HookdProcess  # noqa: E402
+from tests.harness.hookd_proc import HookdProcess  # noqa: E402
 
 RUNS = int(os.environ.get("HOOKD_BENCH_RUNS", "20"))
 

@@ -38,7 +38,7 @@ from hookd.config import Config  # noqa: E402
 from hookd.virt.reconciler import XML_FLAGS, Reconciler  # noqa: E402
 from tests.harness.guest import nova_domain_xml  # noqa: E402
 from tests.harness.libvirt_host import LibvirtHost  # noqa: E402
-from tests.integration.hookd_proc import HookdProcess  # noqa: E402
+from tests.harness.hookd_proc import HookdProcess  # noqa: E402
 
 N = int(os.environ.get("HOOKD_BENCH_DOMAINS", "1000"))
 LEGACY = "4c4c4544-0054-3510-8052-b7c04f564732"

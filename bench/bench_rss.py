@@ -4,7 +4,7 @@ A namespaced libvirtd (tests/harness) with hookd's shim, and hookd with its prox
 front of that libvirtd and its events worker connected to it (the production
 shape). RSS is read from /proc/<pid>/status (VmRSS now, VmHWM peak) for the daemon
 and, separately, for its libvirt worker process. The storm is the reliability
-suite's (tests/reliability/storm.py): 30 diskless TCG guests defined and started
+suite's (tests/harness/storm.py): 30 diskless TCG guests defined and started
 at once through the proxy, one connection each. For scale, the RSS of a bare
 `/usr/bin/python3 -c 'import lxml.etree, asyncio'` is measured in the same run.
 
@@ -25,8 +25,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.harness.libvirt_host import LibvirtHost  # noqa: E402
-from tests.integration.hookd_proc import HookdProcess  # noqa: E402
-from tests.reliability.storm import boot_storm  # noqa: E402
+from tests.harness.hookd_proc import HookdProcess  # noqa: E402
+from tests.harness.storm import boot_storm  # noqa: E402
 
 GUESTS = int(os.environ.get("HOOKD_BENCH_STORM", "30"))
 TARGET_MIB = 60.0
@@ -52,7 +52,7 @@ def _children(pid: int) -> list:
 
 def _status(d) -> dict:
     import json
-    from tests.conftest import run_hookctl
+    from tests.harness.run import run_hookctl
     return json.loads(run_hookctl("status", "--socket", d.socket, "--json").stdout)
 
 

@@ -50,8 +50,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.harness.libvirt_host import LibvirtHost  # noqa: E402
-from tests.integration.activation import ActivatedHookd, kill_hookd, reap_orphans  # noqa: E402
-from tests.integration.hookd_proc import HookdProcess  # noqa: E402
+from tests.harness.activation import ActivatedHookd, kill_hookd, reap_orphans  # noqa: E402
+from tests.harness.hookd_proc import HookdProcess  # noqa: E402
 
 PY = "/usr/bin/python3"
 #: The longest any one wait here may take; a call still blocked then is reported as ">CAP_S s".

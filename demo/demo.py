@@ -24,8 +24,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.harness.guest import ensure_guest_image, nova_domain_xml, read_guest_serial  # noqa: E402
 from tests.harness.libvirt_host import LibvirtHost  # noqa: E402
-from tests.integration.hookd_proc import HookdProcess  # noqa: E402
-from tests.integration.novaflow import NovaFlowDriver  # noqa: E402
+from tests.harness.hookd_proc import HookdProcess  # noqa: E402
+from tests.harness.novaflow import NovaFlowDriver  # noqa: E402
 
 # What Nova's [libvirt]/sysinfo_serial = auto gives on each host (host-derived).
 HOST_SERIAL = {"A": "4c4c4544-0041-3510-8052-b7c04f564141",

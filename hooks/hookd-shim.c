@@ -47,7 +47,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Limits shared with hookd/hookpath/shimwire.py (tests/test_shimwire.py checks they agree). */
+/* Limits shared with hookd/hookpath/shimwire.py (tests/hookpath/test_shimwire.py checks they agree). */
 #define SHIM_MAGIC "HOOKD1"
 #define MAX_XML (32UL * 1024 * 1024)      /* libvirt's own RPC message limit */
 #define MAX_FIELD 4096UL                  /* domain name and `extra` */

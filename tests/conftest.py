@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-DATA = pathlib.Path(__file__).resolve().parent / "data"
-
-
-def hookd_env(**extra) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env.update(extra)
-    return env
-
-
-def run_hookctl(*args, input=None, timeout=60, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hookd.cli", *map(str, args)], input=input,
-                          capture_output=True, timeout=timeout, env=env or hookd_env())
+from tests.harness.run import run_hookctl
 
 
 @pytest.fixture
@@ -46,7 +29,7 @@ def activated(short_dir):
     """Factory make(name="hookd", **kw) -> ActivatedHookd (not started): hookd on sockets the
     test holds, as systemd's socket units hold them; every one is stopped by pid and its held
     sockets released at teardown."""
-    from tests.integration.activation import ActivatedHookd
+    from tests.harness.activation import ActivatedHookd
     made = []
 
     def make(name: str = "hookd", **kw):

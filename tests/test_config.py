@@ -6,7 +6,7 @@ import pytest
 
 from hookd.config import DEFAULT_CONFIG, load_config
 from hookd.errors import ConfigError
-from tests.domains import UUID
+from tests.harness.domains import UUID
 
 
 def write(path, text):
@@ -101,7 +101,7 @@ def test_invalid_utf8_names_the_line(tmp_path):
 def test_every_documented_key_is_in_the_sample_config():
     """packaging/hookd.conf documents every key of the schema (the public interface)."""
     from hookd.config import RULE_KEYS, SCHEMA
-    from tests.conftest import REPO
+    from tests.harness.run import REPO
     sample = (REPO / "packaging" / "hookd.conf").read_text()
     readme = (REPO / "README.md").read_text()
     for section, keys in SCHEMA.items():
@@ -114,7 +114,7 @@ def test_every_documented_key_is_in_the_sample_config():
 
 
 def test_sample_config_is_valid(tmp_path):
-    from tests.conftest import REPO
+    from tests.harness.run import REPO
     cfg = load_config(str(REPO / "packaging" / "hookd.conf"))
     assert cfg.policy.mode == "unique"
 

@@ -21,11 +21,11 @@ import pytest
 from hookd.hookpath import shimwire
 
 from hookd.ipc import client, messages
-from tests.conftest import REPO, hookd_env, run_hookctl
+from tests.harness.run import REPO, hookd_env, run_hookctl
 from tests.harness.hookcall import ask_prepare, hook_request
-from tests.domains import domain
-from tests.integration.hookd_proc import HookdProcess
-from tests.waiting import wait_for
+from tests.harness.domains import domain
+from tests.harness.hookd_proc import HookdProcess
+from tests.harness.waiting import wait_for
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from hookd.decision import DecisionService, audit_fields, evaluate
 from hookd.errors import StoreError
 from hookd.stores.audit import COLUMNS, AuditLog, query
 from hookd.stores.pins import SqlitePinStore
-from tests.domains import HOST_SERIAL, UUID, domain
+from tests.harness.domains import HOST_SERIAL, UUID, domain
 
 
 def policy(text=""):

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.harness.run import REPO
 
 PKG = REPO / "packaging"
 UNITS = PKG / "systemd"
@@ -365,7 +365,7 @@ def test_scripts_refuse_unknown_arguments_in_one_line(script):
 
 def test_install_hook_builds_and_installs_the_compiled_shim(tmp_path):
     """A source checkout or pip install (no packaged binary): install-hook builds the shim with cc."""
-    from tests.conftest import run_hookctl
+    from tests.harness.run import run_hookctl
     r = run_hookctl("install-hook", tmp_path)
     assert r.returncode == 0, r.stderr
     shim = tmp_path / "50-hookd"
@@ -378,7 +378,7 @@ def test_install_hook_builds_and_installs_the_compiled_shim(tmp_path):
 
 
 def test_install_hook_without_a_compiler_says_so_in_one_line(tmp_path):
-    from tests.conftest import hookd_env, run_hookctl
+    from tests.harness.run import hookd_env, run_hookctl
     env = hookd_env(CC=str(tmp_path / "no-such-cc"), PATH=str(tmp_path))
     r = run_hookctl("install-hook", tmp_path, env=env)
     err = r.stderr.decode()
@@ -395,7 +395,7 @@ def test_install_hook_without_a_compiler_says_so_in_one_line(tmp_path):
     (["--binary", "/nonexistent"], "cannot read the compiled shim"),
 ])
 def test_install_hook_bad_arguments_write_nothing(tmp_path, args, fragment):
-    from tests.conftest import run_hookctl
+    from tests.harness.run import run_hookctl
     r = run_hookctl("install-hook", *args, tmp_path)
     err = r.stderr.decode()
     assert r.returncode == 1 and err.count("\n") == 1 and fragment in err, err

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.conftest import REPO
-from tests.domains import UUID, domain
-from tests.integration.hookd_proc import HookdProcess
+from tests.harness.run import REPO
+from tests.harness.domains import UUID, domain
+from tests.harness.hookd_proc import HookdProcess
 
 LIBVIRT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "HOME": "/"}
 

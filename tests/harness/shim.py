@@ -15,7 +15,7 @@ import os
 import pathlib
 import subprocess
 
-from tests.conftest import REPO
+from tests.harness.run import REPO
 
 SOURCE = REPO / "hooks" / "hookd-shim.c"
 SANITIZE_FLAGS = ("-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fno-omit-frame-pointer",

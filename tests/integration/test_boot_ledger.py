@@ -21,9 +21,9 @@ import uuid as uuidlib
 import pytest
 
 from tests.harness.guest import nova_domain_xml, read_guest_serial
-from tests.integration.test_etcd_store import store_conf
-from tests.integration.test_events import NO_RECONCILE, host_and_hookd, start_hookd, status
-from tests.waiting import wait_for
+from tests.harness.lifecycle import store_conf
+from tests.harness.lifecycle import NO_RECONCILE, host_and_hookd, start_hookd, status
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.libvirt
 

@@ -44,7 +44,7 @@ import uuid as uuidlib
 
 import pytest
 
-from tests.conftest import REPO, hookd_env, run_hookctl
+from tests.harness.run import REPO, hookd_env, run_hookctl
 from tests.harness.guest import nova_domain_xml, read_guest_serial
 from tests.harness.libvirt_host import _child_setup_factory, pid_alive
 from tests.harness.shim import sanitized_shim

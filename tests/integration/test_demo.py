@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, hookd_env
+from tests.harness.run import REPO, hookd_env
 
 pytestmark = pytest.mark.libvirt
 

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import hookd_env, run_hookctl
+from tests.harness.run import hookd_env, run_hookctl
 from tests.harness.guest import nova_domain_xml
 
 pytestmark = pytest.mark.libvirt

@@ -14,19 +14,16 @@ import uuid as uuidlib
 
 import pytest
 
-from tests.conftest import run_hookctl
+from tests.harness.lifecycle import store_conf
+from tests.harness.run import run_hookctl
 from tests.harness.hookcall import ask_prepare
-from tests.domains import HOST_SERIAL, UUID, domain
+from tests.harness.domains import HOST_SERIAL, UUID, domain
 from tests.harness.guest import nova_domain_xml
-from tests.waiting import wait_for
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.libvirt      # real services (etcd); runs with the integration suite
 
 OTHER = "00000000-0000-4000-8000-0000000000b1"
-
-
-def store_conf(etcd, extra=""):
-    return f"[store]\nbackend = etcd\nendpoints = {etcd.url}\ntimeout = 1\n{extra}"
 
 
 def prepare(d, xml):
@@ -141,7 +138,7 @@ def etcd_kvs(etcd, prefix: str) -> dict:
 
 
 async def until(cond, timeout: float, what: str):
-    """tests.waiting.wait_for inside an event loop (the stores under test run in it)."""
+    """tests.harness.waiting.wait_for inside an event loop (the stores under test run in it)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not cond():

@@ -21,7 +21,8 @@ import uuid as uuidlib
 import pytest
 
 from tests.harness.guest import nova_domain_xml, read_guest_serial
-from tests.integration.test_events import host_and_hookd, status, wait_for
+from tests.harness.lifecycle import host_and_hookd, status
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.libvirt
 

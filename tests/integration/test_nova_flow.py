@@ -15,7 +15,7 @@ import uuid as uuidlib
 import pytest
 
 from tests.harness.guest import nova_domain_xml, read_guest_serial
-from tests.integration.novaflow import NovaFlowDriver
+from tests.harness.novaflow import NovaFlowDriver
 
 pytestmark = pytest.mark.libvirt
 
@@ -57,7 +57,7 @@ def test_nova_spawn_through_proxy_boots_with_policy_serial(stack, tmp_path, gues
            if r["operation"] in ("define", "prepare")]
     assert ops == [("define", "rewritten", HOST_A_SERIAL, uid), ("prepare", "allow", uid, uid)]
     # libvirt's own STARTED event (hookd's worker) confirms what the guest booted with
-    from tests.waiting import wait_for
+    from tests.harness.waiting import wait_for
     started = wait_for(lambda: [r for r in d.audit(instance=uid, operation="started")], 15, "the started row")
     assert (started[0]["action"], started[0]["serial_seen"]) == ("booted", uid)
 

@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO
+from tests.harness.run import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.libvirt]
 

@@ -12,9 +12,9 @@ import uuid as uuidlib
 
 import pytest
 
-from tests.conftest import run_hookctl
+from tests.harness.run import run_hookctl
 from tests.harness.guest import nova_domain_xml, read_guest_serial
-from tests.integration.novaflow import NovaFlowDriver
+from tests.harness.novaflow import NovaFlowDriver
 
 pytestmark = pytest.mark.libvirt
 

@@ -34,7 +34,7 @@ from hookd.rpc.frame import (
 )
 from hookd.rpc.procedures import CODECS
 from hookd.rpc.xdr import XdrWriter
-from tests.waiting import wait_for
+from tests.harness.waiting import wait_for
 from tests.harness.guest import nova_domain_xml
 
 import libvirt  # noqa: E402  (Debian's python3-libvirt; a missing one must fail, not skip)

@@ -11,11 +11,11 @@ import uuid as uuidlib
 import libvirt
 import pytest
 
-from tests.conftest import run_hookctl
-from tests.domains import domain
+from tests.harness.run import run_hookctl
+from tests.harness.domains import domain
 from tests.harness.guest import nova_domain_xml
 from tests.harness.hookcall import ask_prepare
-from tests.waiting import wait_for
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.libvirt
 

@@ -19,10 +19,11 @@ import uuid as uuidlib
 
 import pytest
 
-from tests.conftest import hookd_env
+from tests.harness.run import hookd_env
 from tests.harness.guest import nova_domain_xml, read_guest_serial
 from tests.harness.libvirt_host import VIRSH
-from tests.integration.test_events import drive, host_and_hookd, start_hookd, status, wait_for
+from tests.harness.lifecycle import drive, host_and_hookd, start_hookd, status
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.libvirt
 

@@ -1,7 +1,7 @@
 """Socket activation, as hookd.socket and hookd-proxy.socket do it, against a real libvirtd.
 
 The test process holds hookd's listening sockets across hookd's death and restart
-(tests/integration/activation.py), as systemd does. What a libvirt client sees:
+(tests/harness/activation.py), as systemd does. What a libvirt client sees:
 
 * hookd SIGKILLed: a connected client's next call fails at once, and the socket file stays;
 * while hookd is down, a new client's connect() succeeds (it waits in the listen
@@ -25,11 +25,11 @@ import uuid as uuidlib
 import libvirt
 import pytest
 
-from tests.domains import domain
+from tests.harness.domains import domain
 from tests.harness.guest import nova_domain_xml
 from tests.harness.hookcall import ask_prepare
-from tests.integration.activation import kill_hookd
-from tests.waiting import wait_for
+from tests.harness.activation import kill_hookd
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.libvirt
 
@@ -143,7 +143,7 @@ def test_sigkill_restart_queues_new_clients_on_the_held_socket(libvirt_hosts, ac
 def test_without_a_held_socket_a_client_fails_while_hookd_is_down(libvirt_hosts, short_dir):
     """The contrast: hookd binding its own proxy socket (no hookd-proxy.socket). A client
     that connects while hookd is down fails at once instead of waiting."""
-    from tests.integration.hookd_proc import HookdProcess
+    from tests.harness.hookd_proc import HookdProcess
     host = libvirt_hosts("a")
     plain = HookdProcess(short_dir / "d", proxy=True, name="hookd-plain")
     plain.follow(host)

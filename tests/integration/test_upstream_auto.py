@@ -4,7 +4,7 @@ missing libvirt is one clear line, and hooks are served regardless.
 This machine has no system libvirt running, so normally neither /run/libvirt socket
 exists and the warning branch is what runs; where one exists the test asserts that it
 was chosen instead. The choice between the two is tested on sockets a test creates in
-tests/test_upstream.py (a real virtqemud is not packaged for Debian 12).
+tests/rpc/test_upstream.py (a real virtqemud is not packaged for Debian 12).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import json
 import pytest
 
 from hookd.rpc import upstream
-from tests.conftest import run_hookctl
-from tests.domains import UUID, domain
+from tests.harness.run import run_hookctl
+from tests.harness.domains import UUID, domain
 from tests.harness.hookcall import ask_prepare
 
 pytestmark = pytest.mark.libvirt

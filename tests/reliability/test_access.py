@@ -17,7 +17,7 @@ import pathlib
 
 import pytest
 
-from tests.reliability.conftest import run_as, run_as_nobody, status_json
+from tests.harness.faults import run_as, run_as_nobody, status_json
 
 pytestmark = pytest.mark.libvirt
 
@@ -81,7 +81,7 @@ def children(pid: int) -> list:
 
 def test_socket_access_and_no_network_listener(libvirt_hosts, hookd_factory, public_dir, record):
     """Hook socket 0600 root and refuses non-root peers; proxy socket 0660 root:libvirt and refuses non-members; hookd (and its worker) own no TCP/UDP socket."""
-    from tests.integration.hookd_proc import HookdProcess
+    from tests.harness.hookd_proc import HookdProcess
     host = libvirt_hosts("a")
     d = HookdProcess(public_dir, proxy=True, libvirt_socket=host.socket_path,
                      config_extra=f"libvirt_uri = {host.uri}\n")

@@ -12,8 +12,10 @@ import os
 
 import pytest
 
-from tests.reliability.conftest import destroy_all_parallel, status_json, wait_for
-from tests.reliability.storm import HOST_SERIAL, boot_storm
+from tests.harness.faults import destroy_all_parallel, status_json
+
+from tests.harness.waiting import wait_for
+from tests.harness.storm import HOST_SERIAL, boot_storm
 
 pytestmark = pytest.mark.libvirt
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import uuid as uuidlib
 
-from tests.conftest import run_hookctl
-from tests.domains import domain
-from tests.reliability.conftest import ask, prepare_msg, status_json, wait_for
+from tests.harness.run import run_hookctl
+from tests.harness.domains import domain
+from tests.harness.faults import ask, prepare_msg, status_json
+from tests.harness.waiting import wait_for
 
 HOST_SERIAL = "4c4c4544-0054-3510-8052-b7c04f564732"
 

@@ -17,7 +17,7 @@ import subprocess
 
 
 from tests.harness.venv import ensure_venv
-from tests.reliability.conftest import wait_or_kill
+from tests.harness.faults import wait_or_kill
 
 HERE = pathlib.Path(__file__).resolve().parent
 VENV = pathlib.Path(os.environ.get("HOOKD_FUZZ_VENV", "/var/cache/hookd-tests/fuzz-venv"))

@@ -21,7 +21,7 @@ import subprocess
 import pytest
 
 from tests.harness.shim import build
-from tests.reliability.conftest import wait_or_kill
+from tests.harness.faults import wait_or_kill
 
 HERE = pathlib.Path(__file__).resolve().parent
 SECONDS = int(os.environ.get("HOOKD_SHIM_FUZZ_SECONDS", "20"))

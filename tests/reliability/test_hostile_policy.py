@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from hookd.decision import evaluate
 from hookd.errors import XmlError
 from hookd.policy.serial import VERDICT_REWRITE, PolicyConfig, Rule, SerialTemplate, serial_problem
-from tests.domains import domain, nova_block
+from tests.harness.attacks import attack_docs
+from tests.harness.domains import domain, nova_block
 
 CORPUS = sorted(p for p in (pathlib.Path(__file__).resolve().parents[1] / "data" / "corpus").glob("*.xml")
                 if not p.name.startswith("90-"))
@@ -212,26 +213,6 @@ def tenant_names(name, flavor, seen):
             assert d.serial_policy == uid and d.rule == "fallback-invalid-template", (d, rendered)
             seen["fallback"] += 1
         assert not set(d.serial_policy) & set(";=,\"'<>&\t\n\r")
-
-
-ATTACKS = {
-    "external entity (file)": b"""<?xml version="1.0"?>
-<!DOCTYPE domain [<!ENTITY xxe SYSTEM "file://SECRET">]>
-<domain type='kvm'><name>&xxe;</name><uuid>1b0b8a5e-2c1d-4d7e-9f00-aabbccddeeff</uuid></domain>""",
-    "parameter entity + external DTD": b"""<!DOCTYPE domain [<!ENTITY % p SYSTEM "file://SECRET"> %p;]>
-<domain type='kvm'><uuid>1b0b8a5e-2c1d-4d7e-9f00-aabbccddeeff</uuid></domain>""",
-    "external DTD over the network": b"""<!DOCTYPE domain SYSTEM "http://127.0.0.1:9/evil.dtd">
-<domain type='kvm'><uuid>1b0b8a5e-2c1d-4d7e-9f00-aabbccddeeff</uuid></domain>""",
-    "billion laughs": b"<!DOCTYPE lolz [<!ENTITY lol 'lol'>" + b"".join(
-        b"<!ENTITY lol%d '%s'>" % (i, (b"&lol%d;" % (i - 1) if i > 1 else b"&lol;") * 10) for i in range(1, 10))
-    + b"]><domain><name>&lol9;</name><uuid>1b0b8a5e-2c1d-4d7e-9f00-aabbccddeeff</uuid></domain>",
-    "DOCTYPE after a comment and BOM": b"\xef\xbb\xbf<!-- x --><!DOCTYPE domain [<!ENTITY a 'b'>]><domain/>",
-    "DOCTYPE in lower case": b"<!doctype domain [<!ENTITY a SYSTEM 'file://SECRET'>]><domain>&a;</domain>",
-}
-
-
-def attack_docs(secret_path: str):
-    return {k: v.replace(b"SECRET", secret_path.encode()) for k, v in ATTACKS.items()}
 
 
 def test_xxe_and_entity_expansion_refused(tmp_path, record):

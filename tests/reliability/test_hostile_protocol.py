@@ -26,9 +26,10 @@ from hookd.hookpath import shimwire
 from hookd.ipc import wire
 from hookd.rpc.frame import MESSAGE_MAX, REMOTE_PROGRAM, Header, MessageType, encode
 from hookd.hookpath.server import READ_TIMEOUT_S
-from tests.domains import domain
-from tests.reliability.conftest import ask, prepare_msg, status_json, wait_for
-from tests.reliability.test_hostile_policy import attack_docs
+from tests.harness.domains import domain
+from tests.harness.faults import ask, prepare_msg, status_json
+from tests.harness.waiting import wait_for
+from tests.harness.attacks import attack_docs
 
 SETTINGS = dict(deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

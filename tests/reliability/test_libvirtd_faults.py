@@ -14,8 +14,9 @@ import libvirt
 import pytest
 
 from tests.harness.guest import nova_domain_xml
-from tests.reliability.conftest import destroy_all_parallel, status_json, wait_for
-from tests.reliability.storm import HOST_SERIAL
+from tests.harness.faults import destroy_all_parallel, status_json
+from tests.harness.waiting import wait_for
+from tests.harness.storm import HOST_SERIAL
 
 pytestmark = pytest.mark.libvirt
 

@@ -23,7 +23,7 @@ from hookd.virt.reconciler import (
     job_in_progress,
     plan,
 )
-from tests.domains import HOST_SERIAL, UUID, domain
+from tests.harness.domains import HOST_SERIAL, UUID, domain
 
 OTHER_UUID = "2c0b8a5e-2c1d-4d7e-9f00-aabbccddee00"
 

@@ -28,8 +28,8 @@ import threading
 import time
 from typing import Optional
 
-from tests.conftest import REPO, hookd_env
-from tests.integration.hookd_proc import HookdProcess
+from tests.harness.run import REPO, hookd_env
+from tests.harness.hookd_proc import HookdProcess
 
 #: Runs in the child between fork and hookd: moves the held sockets to 3, 4, ... (as
 #: systemd passes them), sets LISTEN_PID to its own pid (exec keeps it) and execs hookd.
@@ -207,20 +207,14 @@ class ActivatedHookd(HookdProcess):
                     self.timed.append((now, line))
                 self._cond.notify_all()
 
-    def wait_notification(self, text: str, timeout: float = 10.0) -> str:
-        deadline = time.monotonic() + timeout
+    # wait_notification is HookdProcess's; a reader thread fills the list here.
+    def _take_notification(self, text: str) -> Optional[str]:
         with self._cond:
-            while True:
-                for n in self.notifications:
-                    if text in n:
-                        self.notifications.remove(n)
-                        return n
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc is not None and self.proc.poll() is not None):
-                    raise AssertionError(
-                        f"hookd sent no {text!r} within {timeout}s (exit {self.proc.poll() if self.proc else None});"
-                        f" log:\n{self.log_text()[-3000:]}")
-                self._cond.wait(min(left, 0.2))
+            return super()._take_notification(text)
+
+    def _await_notifications(self, left: float) -> None:
+        with self._cond:
+            self._cond.wait(min(left, 0.2))
 
     def watchdog_pings(self, since: float = 0.0) -> list:
         """Arrival times of the WATCHDOG=1 messages received after `since`."""

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from tests.domains import HOST_SERIAL, UUID, domain
-from tests.test_xmlsafe import LAUGHS, XXE_FILE
+from tests.harness.domains import HOST_SERIAL, UUID, domain
+from tests.xml.test_safe import LAUGHS, XXE_FILE
 
 
 def one_line_error(res, fragment):
@@ -94,7 +94,7 @@ def test_unreadable_file_permission(tmp_path, hookctl):
     # root reads anything; drop to nobody so the permission check is real.
     env_cmd = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
     import subprocess, sys
-    from tests.conftest import hookd_env
+    from tests.harness.run import hookd_env
     os.chmod(tmp_path, 0o755)
     os.chmod(tmp_path / "c.conf", 0o644)
     res = subprocess.run(env_cmd + [sys.executable, "-m", "hookd.cli", "explain", "--xml", str(f),
@@ -133,11 +133,11 @@ def test_daemon_version_agrees():
     import subprocess
     import sys
     from hookd import __version__
-    from tests.conftest import hookd_env
+    from tests.harness.run import REPO, hookd_env
     res = subprocess.run([sys.executable, "-m", "hookd.daemon", "--version"], capture_output=True, text=True,
                          env=hookd_env(), timeout=30)
     assert res.returncode == 0 and res.stdout.strip() == f"hookd {__version__}"
-    changelog = (__import__("tests.conftest", fromlist=["REPO"]).REPO / "CHANGELOG.md").read_text()
+    changelog = (REPO / "CHANGELOG.md").read_text()
     assert f"## {__version__} " in changelog
 
 

@@ -18,7 +18,7 @@ import pytest
 from hookd.cli.doctor import probe
 
 UNREACHABLE = "qemu+unix:///system?socket=/nonexistent"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ------------------------------------------------------------ output lines

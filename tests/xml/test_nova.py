@@ -6,7 +6,7 @@ import pytest
 
 from hookd.xml.domain import read_domain
 from hookd.xml.nova import nova_ns_version
-from tests.domains import IMAGE, PROJECT, USER, domain, nova_block
+from tests.harness.domains import IMAGE, PROJECT, USER, domain, nova_block
 
 
 def facts(xml):

@@ -8,7 +8,7 @@ from hookd.config import build_config, parse_ini
 from hookd.decision import evaluate
 from hookd.errors import ConfigError
 from hookd.policy.serial import PLACEHOLDERS, PolicyConfig, SerialTemplate, serial_problem
-from tests.domains import HOST_SERIAL, IMAGE, PROJECT, USER, UUID, domain
+from tests.harness.domains import HOST_SERIAL, IMAGE, PROJECT, USER, UUID, domain
 
 
 def policy(text: str = "") -> PolicyConfig:

@@ -14,7 +14,7 @@ from hookd.errors import HookdError, ProtocolError
 from hookd.ipc import messages as m
 from hookd.ipc import wire
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 #: Each message as today's code wrote it (byte for byte): hookctl and the worker of one
 #: installation must keep understanding the daemon of the same one.

@@ -8,7 +8,7 @@ from hookd.stores.audit import AuditLog, query
 from hookd.config import build_config, parse_ini
 from hookd.hookpath.handler import HookHandler
 from hookd.hookpath.shimwire import HookReply, HookRequest
-from tests.domains import HOST_SERIAL, UUID, domain
+from tests.harness.domains import HOST_SERIAL, UUID, domain
 
 
 def handler(tmp_path, text=""):

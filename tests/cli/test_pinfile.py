@@ -9,7 +9,7 @@ import pytest
 from hookd.cli.pinfile import IMPORTED, KEPT, SAME, PinFileError, classify, export, guess_format, parse, \
     report_lines, summary
 from hookd.policy.serial import serial_problem
-from tests.domains import UUID
+from tests.harness.domains import UUID
 
 VMWARE = "VMware-42 3e fd 8c 1a 2b 3c 4d-5e 6f 70 81 92 a3 b4 c5"
 U2 = "00000000-0000-4000-8000-000000000002"

@@ -5,7 +5,7 @@ import subprocess
 import uuid as uuidlib
 
 from hookd.virt import qemuproc
-from tests.waiting import wait_for
+from tests.harness.waiting import wait_for
 
 
 def fake_qemu(uuid: str) -> subprocess.Popen:

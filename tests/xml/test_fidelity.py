@@ -17,7 +17,7 @@ from lxml import etree
 from hookd.config import build_config, parse_ini
 from hookd.xml.domain import read_domain
 from hookd.decision import evaluate
-from tests.conftest import DATA
+from tests.harness.run import DATA
 
 CORPUS = DATA / "corpus"
 GOLDEN = DATA / "golden"

@@ -9,7 +9,7 @@ from hookd.decision import evaluate
 from hookd.errors import XmlError
 from hookd.policy.serial import PolicyConfig
 from hookd.xml.safe import MAX_XML_BYTES, parse_xml, serialize
-from tests.domains import UUID, domain
+from tests.harness.domains import UUID, domain
 
 XXE_FILE = b"""<?xml version="1.0"?>
 <!DOCTYPE domain [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.conftest import hookd_env, run_hookctl
+from tests.harness.run import hookd_env, run_hookctl
 
 LINE_RE = re.compile(r"^(OK|WARN|FAIL) {2,4}[a-z-]+: .+$")
 

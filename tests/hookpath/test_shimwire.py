@@ -13,7 +13,7 @@ from hookd.hookpath import shimwire
 
 from hookd.ipc import wire
 from hookd.hookpath.shimwire import HookReply, HookRequest, ShimWireError
-from tests.conftest import REPO
+from tests.harness.run import REPO
 
 
 def feed(data: bytes) -> asyncio.StreamReader:

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Optional
 
-from tests.conftest import REPO, hookd_env
+from tests.harness.run import REPO, hookd_env
 
 
 class HookdProcess:
@@ -74,21 +74,33 @@ class HookdProcess:
         return self
 
     def wait_notification(self, text: str, timeout: float = 10.0) -> str:
+        """The first sd_notify line containing `text` (taken off the list), waiting up to
+        `timeout` s; AssertionError with the log tail if it does not come or hookd exits."""
         deadline = time.monotonic() + timeout
         while True:
-            for n in self.notifications:
-                if text in n:
-                    self.notifications.remove(n)
-                    return n
+            found = self._take_notification(text)
+            if found is not None:
+                return found
             left = deadline - time.monotonic()
             if left <= 0 or (self.proc is not None and self.proc.poll() is not None):
                 raise AssertionError(f"hookd sent no {text!r} within {timeout}s "
                                      f"(exit {self.proc.poll() if self.proc else None}); log:\n{self.log_text()[-3000:]}")
-            self._notify.settimeout(left)
-            try:
-                self.notifications.extend(self._notify.recv(4096).decode().splitlines())
-            except socket.timeout:
-                pass
+            self._await_notifications(left)
+
+    def _take_notification(self, text: str) -> Optional[str]:
+        for n in self.notifications:
+            if text in n:
+                self.notifications.remove(n)
+                return n
+        return None
+
+    def _await_notifications(self, left: float) -> None:
+        """Block until more notifications may have arrived (at most `left` s)."""
+        self._notify.settimeout(left)
+        try:
+            self.notifications.extend(self._notify.recv(4096).decode().splitlines())
+        except socket.timeout:
+            pass
 
     def log_text(self) -> str:
         try:
@@ -122,7 +134,7 @@ class HookdProcess:
         return audit.query(str(self.state_dir), **filters)
 
     def hookctl(self, *args, **kw):
-        from tests.conftest import run_hookctl
+        from tests.harness.run import run_hookctl
         return run_hookctl(*args, **kw)
 
     def install_hook(self, hooks_dir, *, timeout: float = 5.0, on_unreachable: str = "allow",

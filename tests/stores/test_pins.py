@@ -8,7 +8,7 @@ from hookd.config import build_config, parse_ini
 from hookd.decision import evaluate
 from hookd.errors import StoreError
 from hookd.stores.pins import SqlitePinStore
-from tests.domains import HOST_SERIAL, UUID, domain
+from tests.harness.domains import HOST_SERIAL, UUID, domain
 
 
 def policy(text=""):

@@ -1,0 +1,28 @@
+"""Running hookd's commands the way an operator does (a subprocess of this checkout), and
+the checkout's paths. Shared by every suite and helper; no fixtures here (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+DATA = REPO / "tests" / "data"
+
+
+def hookd_env(**extra) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_hookctl(*args, input=None, timeout=60, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hookd.cli", *map(str, args)], input=input,
+                          capture_output=True, timeout=timeout, env=env or hookd_env())
