@@ -15,6 +15,7 @@ from typing import Callable, List, Optional
 
 import pytest
 
+from tests.harness.faults import is_mountpoint
 from tests.harness.fixtures import (  # noqa: F401  (the integration suite's fixtures)
     guest_image,
     hookd_factory,

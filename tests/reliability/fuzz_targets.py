@@ -81,7 +81,7 @@ def xml_seeds():
 # --------------------------------------------------------------------------- frames
 
 def frames_target():
-    from hookd.rpc import frame as rpcframe, xdr as rpcxdr
+    from hookd.rpc import frame as rpcframe
     from hookd.rpc.frame import FrameDecoder, FrameError
     from hookd.rpc.procedures import CODECS
     from hookd.rpc.xdr import XdrError
