@@ -129,7 +129,9 @@ def _insert(parent, index: int, new) -> None:
             parent.append(new)
             return
         unit = _indent_unit(parent) or "  "
-        parent.text = (parent.text or "") + outer + unit if _is_blank(parent.text) else parent.text
+        # Blank text in a childless element is only its closing tag's indentation, which
+        # the new child's tail (outer) now gives: replace it, do not append to it.
+        parent.text = outer + unit if _is_blank(parent.text) else parent.text
         new.tail = outer
         parent.append(new)
         return
