@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
 import threading
 import uuid as uuidlib
@@ -35,8 +36,9 @@ from hookd.ipc.sdprotocol import (
 )
 
 ACTIVATION_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
-#: Where the test's "passed" descriptors go: far above anything pytest has open.
-BASE = 900
+#: Where the test's "passed" descriptors go: far above anything pytest has open, and
+#: below the descriptor limit.
+BASE = min(900, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 64)
 
 
 # ------------------------------------------------------------------ socket activation
