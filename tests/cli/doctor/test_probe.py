@@ -16,9 +16,10 @@ import types
 import pytest
 
 from hookd.cli.doctor import probe
+from tests.harness.run import REPO
 
 UNREACHABLE = "qemu+unix:///system?socket=/nonexistent"
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = str(REPO)
 
 
 # ------------------------------------------------------------ output lines
