@@ -13,15 +13,7 @@ import pytest
 
 from tests.harness.attacks import ATTACKS
 from tests.harness.domains import HOST_SERIAL, UUID, domain
-from tests.harness.run import hookd_env
-
-
-def one_line_error(res, fragment):
-    assert res.returncode != 0
-    assert res.stdout == b""                          # never partial output
-    err = res.stderr.decode()
-    assert err.count("\n") == 1 and err.startswith("hookctl: error: "), err
-    assert "Traceback" not in err and fragment in err, err
+from tests.harness.run import hookd_env, one_line_error
 
 
 def test_explain_table(tmp_path, hookctl):

@@ -11,14 +11,7 @@ import json
 import pytest
 
 from tests.harness.domains import UUID, domain
-
-
-def one_line_error(res, fragment):
-    assert res.returncode != 0
-    assert res.stdout == b""                          # never partial output
-    err = res.stderr.decode()
-    assert err.count("\n") == 1 and err.startswith("hookctl: error: "), err
-    assert "Traceback" not in err and fragment in err, err
+from tests.harness.run import one_line_error
 
 
 VMWARE = "VMware-42 3e fd 8c 1a 2b 3c 4d-5e 6f 70 81 92 a3 b4 c5"

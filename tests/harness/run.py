@@ -26,3 +26,13 @@ def hookd_env(**extra) -> dict:
 def run_hookctl(*args, input=None, timeout=60, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hookd.cli", *map(str, args)], input=input,
                           capture_output=True, timeout=timeout, env=env or hookd_env())
+
+
+def one_line_error(res, fragment: str) -> None:
+    """A refused hookctl call: non-zero exit, nothing on stdout, one `hookctl: error:` line
+    naming `fragment`, no traceback."""
+    assert res.returncode != 0
+    assert res.stdout == b""                          # never partial output
+    err = res.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith("hookctl: error: "), err
+    assert "Traceback" not in err and fragment in err, err
