@@ -12,44 +12,7 @@ from hookd.errors import HookdError, ProtocolError
 from hookd.ipc import messages as m
 from hookd.ipc import wire
 from hookd.ipc.channel import Channel, ChannelClosed, RequestTimeout
-
-
-class FakeWriter:
-    """Collects what is written; `wrote` is set at every write (made inside the loop)."""
-
-    def __init__(self):
-        self.data = bytearray()
-        self.closed = False
-        self.wrote = asyncio.Event()
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "write after close"
-        self.data += data
-        self.wrote.set()
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    async def wait_closed(self) -> None:
-        return None
-
-    def messages(self) -> list:
-        out, buf = [], bytes(self.data)
-        while buf:
-            (n,) = wire.HEADER.unpack_from(buf)
-            out.append(wire.decode(buf[:wire.HEADER.size + n]))
-            buf = buf[wire.HEADER.size + n:]
-        return out
-
-    async def next_message(self, count: int) -> dict:
-        """Wait until `count` messages were written; the last one."""
-        while len(self.messages()) < count:
-            self.wrote.clear()
-            await asyncio.wait_for(self.wrote.wait(), 5)
-        return self.messages()[count - 1]
+from tests.harness.memstream import CollectingWriter as FakeWriter
 
 
 def frame(msg) -> bytes:
@@ -223,15 +186,13 @@ def test_a_channel_made_before_the_loop_runs_works_inside_it():
             return await self.real.readexactly(n)
 
     reader = Reader()
-    writer = FakeWriter.__new__(FakeWriter)
-    writer.data, writer.closed, writer.wrote = bytearray(), False, None
+    writer = FakeWriter()            # makes its Event only once the loop runs
     ch = Channel(reader, writer, incoming=m.TO_WORKER, handlers={}, peer="the peer")
     assert not [k for k, v in vars(ch).items()
                 if isinstance(v, (asyncio.Future, asyncio.Event, asyncio.Lock, asyncio.Queue))]
 
     async def go():
         reader.real = asyncio.StreamReader()
-        writer.wrote = asyncio.Event()
         pending = asyncio.ensure_future(ch.request(lambda i: m.PinRequest(i, "u"), 5))
         serving = asyncio.ensure_future(ch.serve())
         sent = await writer.next_message(1)

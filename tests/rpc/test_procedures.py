@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from hookd.rpc.procedures import CODECS
 from hookd.rpc.xdr import NonnullDomain, ParamType, TypedParam, XdrError, XdrWriter, encode_typed_params
+from tests.harness.xdrgen import params, text
 
 
 def xdr_string(s: bytes) -> bytes:
@@ -137,16 +138,6 @@ def test_duplicate_or_non_string_persistent_xml_refused():
 
 # --- properties ------------------------------------------------------------------------
 
-text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
-params = st.lists(st.one_of(
-    st.builds(TypedParam, text, st.just(ParamType.INT), st.integers(-(2**31), 2**31 - 1)),
-    st.builds(TypedParam, text, st.just(ParamType.UINT), st.integers(0, 2**32 - 1)),
-    st.builds(TypedParam, text, st.just(ParamType.LLONG), st.integers(-(2**63), 2**63 - 1)),
-    st.builds(TypedParam, text, st.just(ParamType.ULLONG), st.integers(0, 2**64 - 1)),
-    st.builds(TypedParam, text, st.just(ParamType.DOUBLE), st.floats(allow_nan=False)),
-    st.builds(TypedParam, text, st.just(ParamType.BOOLEAN), st.integers(-(2**31), 2**31 - 1)),
-    st.builds(TypedParam, text, st.just(ParamType.STRING), text),
-), max_size=8)
 
 
 @settings(max_examples=200, deadline=None, database=None)

@@ -6,7 +6,6 @@ import struct
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from hookd.errors import ProtocolError
 from hookd.rpc.xdr import (NonnullDomain,
@@ -19,6 +18,7 @@ from hookd.rpc.xdr import (NonnullDomain,
                            encode_typed_params,
                            read_domain,
                            write_domain)
+from tests.harness.xdrgen import params
 
 
 def xdr_string(s: bytes) -> bytes:
@@ -164,16 +164,6 @@ def test_nonnull_domain_uuid_is_16_bytes():
 
 # --- properties ------------------------------------------------------------------------
 
-text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
-params = st.lists(st.one_of(
-    st.builds(TypedParam, text, st.just(ParamType.INT), st.integers(-(2**31), 2**31 - 1)),
-    st.builds(TypedParam, text, st.just(ParamType.UINT), st.integers(0, 2**32 - 1)),
-    st.builds(TypedParam, text, st.just(ParamType.LLONG), st.integers(-(2**63), 2**63 - 1)),
-    st.builds(TypedParam, text, st.just(ParamType.ULLONG), st.integers(0, 2**64 - 1)),
-    st.builds(TypedParam, text, st.just(ParamType.DOUBLE), st.floats(allow_nan=False)),
-    st.builds(TypedParam, text, st.just(ParamType.BOOLEAN), st.integers(-(2**31), 2**31 - 1)),
-    st.builds(TypedParam, text, st.just(ParamType.STRING), text),
-), max_size=8)
 
 
 @settings(max_examples=300, deadline=None, database=None)

@@ -22,6 +22,7 @@ from hookd.ipc.channel import Channel
 from hookd.stores.audit import AuditLog, query
 from hookd.virt import supervisor as supmod
 from hookd.virt.supervisor import WorkerSupervisor, describe_exit
+from tests.harness.memstream import CollectingWriter
 
 U1 = "00000000-0000-4000-8000-000000000001"
 U2 = "00000000-0000-4000-8000-000000000002"
@@ -32,32 +33,8 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 10))
 
 
-class CollectingWriter:
-    """The worker's end as the supervisor sees it: collects every frame written."""
-
-    def __init__(self):
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    async def wait_closed(self) -> None:
-        return None
-
-    def messages(self) -> list:
-        out, buf = [], bytes(self.data)
-        while buf:
-            (n,) = wire.HEADER.unpack_from(buf)
-            out.append(m.decode(m.TO_WORKER, wire.decode(buf[:wire.HEADER.size + n])))
-            buf = buf[wire.HEADER.size + n:]
-        return out
+def to_worker(d: dict):
+    return m.decode(m.TO_WORKER, d)
 
 
 def deliver(sup: WorkerSupervisor, *msgs) -> CollectingWriter:
@@ -206,11 +183,11 @@ def test_worker_status_is_kept_and_reported(audit):
 def test_pin_requests_are_answered_with_the_daemons_lookup(audit):
     sup = WorkerSupervisor(None, audit)
     out = deliver(sup, m.PinRequest(id=1, instance_uuid=U1))
-    assert out.messages() == [m.PinAnswer(id=1, instance_uuid=U1, serial=None)]     # no lookup yet
+    assert out.messages(to_worker) == [m.PinAnswer(id=1, instance_uuid=U1, serial=None)]     # no lookup yet
     asked = []
     sup.lookup_pin = lambda uuid: asked.append(uuid) or {U2: "PIN-2"}.get(uuid)
     out = deliver(sup, m.PinRequest(id=7, instance_uuid=U2), m.PinRequest(id=8, instance_uuid=U3))
-    assert out.messages() == [m.PinAnswer(id=7, instance_uuid=U2, serial="PIN-2"),
+    assert out.messages(to_worker) == [m.PinAnswer(id=7, instance_uuid=U2, serial="PIN-2"),
                               m.PinAnswer(id=8, instance_uuid=U3, serial=None)]
     assert asked == [U2, U3]
 
@@ -224,7 +201,7 @@ def test_a_failing_handler_is_logged_and_the_channel_goes_on(audit, tmp_path, ca
     with caplog.at_level(logging.ERROR, logger="hookd.virt.supervisor"):
         out = deliver(sup, m.PinRequest(id=1, instance_uuid=U1), {"op": "no-such-kind"},
                       m.AuditRow(started(U1, "k:1:dom1")))
-    assert out.messages() == []
+    assert out.messages(to_worker) == []
     assert "cannot handle 'pin' from the libvirt worker: RuntimeError: pin store bug" in caplog.text
     assert "unknown message 'no-such-kind'" in caplog.text
     assert [r["operation"] for r in rows(tmp_path)] == ["started"]      # the next message still handled
