@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import time
-import warnings
 from typing import Any, Awaitable, Callable, Dict, Optional, Type
 
 from hookd import __version__
@@ -34,6 +33,7 @@ from hookd.ipc.listener import LISTEN_BACKLOG
 from hookd.stores import open_store
 from hookd.stores.pins import UnavailableStore
 from hookd.virt.supervisor import WorkerSupervisor
+from hookd.confwatch import ConfigWatch, WatchError
 from hookd.logs import setup_logging
 
 log = logging.getLogger("hookd")
@@ -154,7 +154,7 @@ class Daemon:
         if watchdog is not None:
             watchdog.cancel()
         if self._notifier is not None:
-            self._notifier.stop()
+            self._notifier.close()
         self.audit.close()
         log.info("stopped")
         return 0
@@ -280,20 +280,18 @@ class Daemon:
         if not os.path.isdir(directory):
             log.info("config directory %s does not exist; changes are picked up on SIGHUP only", directory)
             return
-        with warnings.catch_warnings():
-            # pyinotify imports asyncore, deprecated since Python 3.6.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import pyinotify
-        mask = (pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO | pyinotify.IN_MOVED_FROM
-                | pyinotify.IN_DELETE | pyinotify.IN_CREATE)
-        wm = pyinotify.WatchManager()
 
-        def changed(event) -> None:
-            if event.name.endswith(".conf") or event.dir:
-                self.schedule_reload(f"{event.maskname} {event.pathname}")
+        def changed(what: str, path: str, is_dir: bool) -> None:
+            if path.endswith(".conf") or is_dir:
+                self.schedule_reload(f"{what} {path}")
 
-        self._notifier = pyinotify.AsyncioNotifier(wm, loop, default_proc_fun=changed)
-        wm.add_watch(directory, mask, rec=True, auto_add=True, quiet=True)
+        watch = ConfigWatch(directory, changed)
+        try:
+            watch.start(loop)
+        except (OSError, WatchError) as err:
+            log.warning("cannot watch %s for changes (%s); they are picked up on SIGHUP only", directory, err)
+            return
+        self._notifier = watch
 
 
 def build_parser() -> argparse.ArgumentParser:
