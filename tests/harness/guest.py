@@ -205,12 +205,14 @@ def _build_into(build: pathlib.Path) -> None:
     if len(kfiles) != 1:
         raise RuntimeError(f"expected one boot/vmlinuz-* in {kdeb.name}, found {sorted(kfiles)}")
     (kname, kernel), = kfiles.items()
-    bfiles = _extract_members(bdeb, lambda n: n == "bin/busybox")
-    if "bin/busybox" not in bfiles:
-        raise RuntimeError(f"no bin/busybox in {bdeb.name}")
+    # bin/busybox up to bookworm; usr/bin/busybox from trixie on (merged /usr in the .deb).
+    bfiles = _extract_members(bdeb, lambda n: n in ("bin/busybox", "usr/bin/busybox"))
+    if len(bfiles) != 1:
+        raise RuntimeError(f"expected one bin/busybox or usr/bin/busybox in {bdeb.name}, found {sorted(bfiles)}")
+    (_, busybox), = bfiles.items()
 
     (build / "vmlinuz").write_bytes(kernel)
-    (build / "initrd.img").write_bytes(_build_initrd(bfiles["bin/busybox"], INIT_SCRIPT.read_bytes()))
+    (build / "initrd.img").write_bytes(_build_initrd(busybox, INIT_SCRIPT.read_bytes()))
     shutil.rmtree(dl)
     (build / "manifest.json").write_text(json.dumps({
         "kernel_deb": kdeb.name, "kernel_file": kname, "busybox_deb": bdeb.name,

@@ -53,7 +53,9 @@ def test_diskless_guest_lifecycle_runs_hooks(libvirt_hosts, tmp_path):
     calls = record.read_text().splitlines()
     assert "instance-00000001 prepare begin -" in calls
     assert calls.index("instance-00000001 prepare begin -") < calls.index("instance-00000001 started begin -")
-    assert "instance-00000001 release end -" in calls
+    # Debian 13's libvirt 11.3 passes the shutoff reason as release's last argument
+    # ("destroyed"); Debian 12's 9.0 passes "-".
+    assert {"instance-00000001 release end -", "instance-00000001 release end destroyed"} & set(calls), calls
 
 
 def test_sighup_makes_libvirtd_see_a_new_hook(libvirt_hosts, tmp_path):
