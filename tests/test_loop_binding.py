@@ -54,7 +54,6 @@ def test_daemon_init_makes_no_asyncio_object(config):
 
 
 def test_worker_init_makes_no_asyncio_object(config):
-    pytest.importorskip("libvirt")
     from hookd.virt.worker import Worker
     w = Worker(config[0], config[1], fd=-1)
     assert asyncio_attributes(w) == []
@@ -68,3 +67,8 @@ def test_supervisor_init_makes_no_asyncio_object():
         def latest_lifecycle(self):
             return []
     assert asyncio_attributes(WorkerSupervisor(None, Audit())) == []
+
+
+def test_reconciler_init_makes_no_asyncio_object(config):
+    from hookd.virt.reconciler import Reconciler
+    assert asyncio_attributes(Reconciler(lambda: config[0], lambda **row: None)) == []

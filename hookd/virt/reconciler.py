@@ -139,8 +139,10 @@ class Reconciler:
         self._clock = clock
         self._sleep = sleep
         self._next_define = 0.0
-        self._domain_lock = asyncio.Lock()
-        self._sweep_lock = asyncio.Lock()
+        # Made on first use, inside the running loop: on Python 3.9 a Lock made before
+        # asyncio.run binds to another loop (tests/test_loop_binding.py).
+        self._domain_lock: Optional[asyncio.Lock] = None
+        self._sweep_lock: Optional[asyncio.Lock] = None
         #: instance UUID -> (hook op, monotonic time of the call); CLOCK_MONOTONIC is
         #: system-wide, so times the daemon stamped compare with ours.
         self._hooks: Dict[str, Tuple[str, float]] = {}
@@ -184,6 +186,8 @@ class Reconciler:
     # ----------------------------------------------------------- one domain
     async def reconcile_domain(self, dom, *, fix: bool, why: str) -> Item:
         """Check (and with fix=True, fix) one domain's saved definition."""
+        if self._domain_lock is None:
+            self._domain_lock = asyncio.Lock()
         async with self._domain_lock:
             return await self._reconcile(dom, fix, why)
 
@@ -311,6 +315,8 @@ class Reconciler:
     # ---------------------------------------------------------------- sweep
     async def sweep(self, conn, *, fix: bool, why: str) -> List[Item]:
         """Every persistent domain, one at a time, in name order."""
+        if self._sweep_lock is None:
+            self._sweep_lock = asyncio.Lock()
         async with self._sweep_lock:
             t0 = self._clock()
             try:

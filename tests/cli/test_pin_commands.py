@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tests.harness.domains import UUID, domain
-from tests.harness.run import one_line_error
+from tests.harness.run import json_position, one_line_error
 
 
 VMWARE = "VMware-42 3e fd 8c 1a 2b 3c 4d-5e 6f 70 81 92 a3 b4 c5"
@@ -82,11 +82,12 @@ def test_pins_import_bad_file_writes_nothing(tmp_path, hookctl, body, fragments)
 @pytest.mark.parametrize("data,fmt,fragment", [
     (b"uuid,serial\nx,y\n", "csv", "stdin line 1: the header must name the columns instance_uuid and serial"),
     (b'instance_uuid,serial\n"abc,1\n', "csv", "stdin line 2: not valid CSV"),
-    (b'[{"instance_uuid": 1,}]', "json", "stdin line 1 column 22: not valid JSON"),
+    (b'[{"instance_uuid": 1,}]', "json", "stdin line %(line)d column %(col)d: not valid JSON"),
     (b'{"a": 1}', "json", "expected a JSON list"),
 ])
 def test_pins_import_malformed_file_is_one_line(tmp_path, hookctl, data, fmt, fragment):
     conf = _pin_conf(tmp_path)
+    fragment = fragment % json_position(data) if "%(" in fragment else fragment
     res = hookctl("pins", "--import", "-", "--format", fmt, "--config", conf, input=data)
     one_line_error(res, fragment)
     assert b"nothing imported" in res.stderr and not (tmp_path / "s").exists()

@@ -54,7 +54,7 @@ SECURITY_MIRROR = os.environ.get("HOOKD_DEBIAN_SECURITY_MIRROR", "http://deb.deb
 #: pip + setuptools/wheel (the pip-install test, the vermin venv), procps (/bin/kill, which
 #: hookd.service's ExecReload names), git, ca-certificates.
 COMMON_PACKAGES = (
-    "python3", "python3-lxml", "python3-libvirt", "python3-systemd", "python3-pyinotify",
+    "python3", "python3-lxml", "python3-libvirt", "python3-systemd",
     "python3-pytest", "python3-hypothesis", "python3-venv", "python3-pip", "python3-setuptools",
     "python3-wheel", "build-essential", "systemd", "man-db", "groff-base", "dpkg-dev",
     "debhelper", "dh-python", "rpm", "util-linux", "procps", "git", "ca-certificates", "cpio", "gzip",

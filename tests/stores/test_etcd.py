@@ -55,7 +55,14 @@ class FakeGateway:
         self.calls = []
         self.answer = answer or (lambda path, body: {"succeeded": True})
         self.sent = None            # set by the test: an asyncio.Event, set at every txn
-        self.refused = asyncio.Event()   # a write was tried while down
+        self._refused = None        # made inside the loop (Python 3.9 binds an Event at creation)
+
+    @property
+    def refused(self) -> asyncio.Event:
+        """Set when a write was tried while down."""
+        if self._refused is None:
+            self._refused = asyncio.Event()
+        return self._refused
 
     async def call(self, path, body):
         if not self.up:
