@@ -36,7 +36,10 @@ def test_the_scan_finds_an_asyncio_object():
     Inner.__module__ = "hookd.fake"
     h, inner = Holder(), Inner()
     h.inner = inner
-    inner.lock = asyncio.Lock()
+
+    async def make_lock():
+        return asyncio.Lock()        # inside a loop: on Python 3.9 outside one is an error
+    inner.lock = asyncio.run(make_lock())
     assert asyncio_attributes(h) == ["inner.lock"]
 
 
