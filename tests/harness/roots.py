@@ -1,10 +1,11 @@
-"""Debian roots of other releases, and running this checkout's tests inside them.
+"""Debian and Ubuntu roots of other releases, and running this checkout's tests inside them.
 
 issue #17: hookd promises Python >= 3.9 (setup.cfg; RHEL 9's Python) and runs against
 whatever libvirt the hypervisor has, but the machine is Debian 12. This module owns:
 
-* :func:`ensure_root` -- a ``debootstrap --variant=minbase`` root of a Debian release
-  with that release's own python3, python3-* dependencies, build tools (and, where
+* :func:`ensure_root` -- a ``debootstrap --variant=minbase`` root of a Debian or Ubuntu
+  release (Ubuntu's with its archive key, pinned in UBUNTU_KEYRING_DEB) with that
+  release's own python3, python3-* dependencies, build tools (and, where
   :data:`ROOTS` says so, its libvirt and QEMU), built once per machine under
   ``$HOOKD_TEST_CACHE/roots/<codename>`` (default /var/cache/hookd-tests). A stamp
   file in the root names what it was built from (release, mirror, package list,
@@ -47,6 +48,14 @@ __all__ = ["ROOTS", "DESELECTED", "UNIT_ARGS", "INTEGRATION_TESTS", "Root", "Roo
 BUILDER_VERSION = "1"
 MIRROR = os.environ.get("HOOKD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SECURITY_MIRROR = os.environ.get("HOOKD_DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security")
+UBUNTU_MIRROR = os.environ.get("HOOKD_UBUNTU_MIRROR", "http://archive.ubuntu.com/ubuntu")
+UBUNTU_SECURITY_MIRROR = os.environ.get("HOOKD_UBUNTU_SECURITY_MIRROR", "http://security.ubuntu.com/ubuntu")
+#: Ubuntu's archive key, which a Debian host does not have (Debian no longer ships
+#: ubuntu-keyring): the .deb from Ubuntu's archive, pinned by the SHA-256 it had in noble's
+#: Packages index when this was written (2026-12-04), so that debootstrap checks the Ubuntu
+#: Release files with it. A different download is refused.
+UBUNTU_KEYRING_DEB = ("pool/main/u/ubuntu-keyring/ubuntu-keyring_2023.11.28.1_all.deb",
+                      "36de43b15853ccae0028e9a767613770c704833f82586f28eb262f0311adb8a8")
 
 #: What the unit suite needs in any root: hookd's Python dependencies (Debian's), pytest
 #: and hypothesis, a C compiler (the shim; ASan/UBSan builds), systemd-analyze (unit files),
@@ -81,14 +90,29 @@ class Root:
     packages: tuple[str, ...]
     security_suite: str             # its security archive's suite name
     libvirt: bool = False           # has libvirt + QEMU: run INTEGRATION_TESTS there too
+    ubuntu: bool = False            # Ubuntu's archive, components and key instead of Debian's
+
+    @property
+    def mirror(self) -> str:
+        return UBUNTU_MIRROR if self.ubuntu else MIRROR
+
+    @property
+    def security_mirror(self) -> str:
+        return UBUNTU_SECURITY_MIRROR if self.ubuntu else SECURITY_MIRROR
+
+    @property
+    def components(self) -> str:
+        # Ubuntu keeps pytest, hypothesis, venv, pip, dh-python and rpm in universe.
+        return "main universe" if self.ubuntu else "main"
 
     @property
     def path(self) -> pathlib.Path:
         return cache_root() / "roots" / self.codename
 
     def stamp(self) -> str:
-        return (f"builder {BUILDER_VERSION}\nrelease {self.codename}\nmirror {MIRROR}\n"
-                f"security {SECURITY_MIRROR} {self.security_suite}\n"
+        return (f"builder {BUILDER_VERSION}\nrelease {self.codename}\nmirror {self.mirror}\n"
+                f"security {self.security_mirror} {self.security_suite}\n"
+                + (f"components {self.components}\n" if self.ubuntu else "") +
                 f"packages {' '.join(sorted(self.packages))}\n")
 
 
@@ -100,6 +124,10 @@ ROOTS = {
                    # out of libvirt-daemon, which bookworm's still carries.
                    COMMON_PACKAGES + LIBVIRT_PACKAGES + ("libvirt-daemon-driver-storage",),
                    "trixie-security", libvirt=True),
+    "noble": Root("noble", "Ubuntu 24.04: Python 3.12, libvirt 10.0, QEMU 8.2",
+                  COMMON_PACKAGES + LIBVIRT_PACKAGES, "noble-security", libvirt=True, ubuntu=True),
+    "jammy": Root("jammy", "Ubuntu 22.04: Python 3.10, libvirt 8.0, QEMU 6.2",
+                  COMMON_PACKAGES + LIBVIRT_PACKAGES, "jammy-security", libvirt=True, ubuntu=True),
 }
 
 #: (codename, pytest node id, reason): the tests that cannot run in that root. Keep each
@@ -112,6 +140,12 @@ DESELECTED: tuple[tuple[str, str, str], ...] = (
     ("bullseye", "tests/test_python_floor.py::test_the_check_fails_on_newer_syntax",
      "vermin parses with the running Python: 3.9's ast cannot read `match`, so it cannot flag it"),
     ("bullseye", "tests/test_daemon.py::test_inherited_hook_socket_survives_stop_under_python_3_13",
+     "needs a Python >= 3.13 beside the one under test; runs on the host (pyenv) and in the trixie root"),
+    ("jammy", "tests/test_packaging.py::test_systemd_analyze_security_exposure_at_most_2_5",
+     "jammy's systemd-analyze 249 has no `security --offline` (systemd 250)"),
+    ("jammy", "tests/test_daemon.py::test_inherited_hook_socket_survives_stop_under_python_3_13",
+     "needs a Python >= 3.13 beside the one under test; runs on the host (pyenv) and in the trixie root"),
+    ("noble", "tests/test_daemon.py::test_inherited_hook_socket_survives_stop_under_python_3_13",
      "needs a Python >= 3.13 beside the one under test; runs on the host (pyenv) and in the trixie root"),
 )
 
@@ -190,17 +224,23 @@ def _build(spec: Root, log_dir: pathlib.Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)
     tmp.mkdir(parents=True)
-    r = subprocess.run(["debootstrap", "--variant=minbase", spec.codename, str(tmp), MIRROR],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    argv = ["debootstrap", "--variant=minbase", spec.codename, str(tmp), spec.mirror]
+    if spec.ubuntu:
+        argv[2:2] = [f"--keyring={_ubuntu_keyring(log_dir)}", "--components=main,universe"]
+        if not (pathlib.Path("/usr/share/debootstrap/scripts") / spec.codename).exists():
+            # Debian 12's debootstrap predates noble; every Ubuntu release since 7.10 uses
+            # the same script (its own scripts are links to gutsy).
+            argv.append("/usr/share/debootstrap/scripts/gutsy")
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        timeout=1200)
     (log_dir / f"{spec.codename}-debootstrap.log").write_bytes(r.stdout)
     if r.returncode != 0:
         raise RootError(f"debootstrap {spec.codename} exited {r.returncode}:\n"
                         f"{r.stdout.decode(errors='replace')[-3000:]}")
     (tmp / "etc/apt/sources.list").write_text(
-        f"deb {MIRROR} {spec.codename} main\n"
-        f"deb {MIRROR} {spec.codename}-updates main\n"
-        f"deb {SECURITY_MIRROR} {spec.security_suite} main\n")
+        f"deb {spec.mirror} {spec.codename} {spec.components}\n"
+        f"deb {spec.mirror} {spec.codename}-updates {spec.components}\n"
+        f"deb {spec.security_mirror} {spec.security_suite} {spec.components}\n")
     # No service starts in the root (nothing runs init there).
     policy = tmp / "usr/sbin/policy-rc.d"
     policy.write_text("#!/bin/sh\nexit 101\n")
@@ -219,6 +259,43 @@ def _build(spec: Root, log_dir: pathlib.Path) -> None:
            f"installing the packages of the {spec.codename} root")
     (tmp / ".hookd-root-stamp").write_text(spec.stamp())
     os.replace(tmp, final)
+
+
+def _ubuntu_keyring(cache: pathlib.Path) -> pathlib.Path:
+    """Ubuntu's archive keyring, from UBUNTU_KEYRING_DEB (downloaded once into cache and
+    checked against its pinned SHA-256), unpacked under cache. build_all builds the Ubuntu
+    roots at the same time, in threads of this process and maybe in another run: one at a
+    time here."""
+    with open(cache / ".ubuntu-keyring.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # per open file: excludes this process's threads too
+        return _ubuntu_keyring_locked(cache)
+
+
+def _ubuntu_keyring_locked(cache: pathlib.Path) -> pathlib.Path:
+    import hashlib
+    import urllib.request
+    rel, sha256 = UBUNTU_KEYRING_DEB
+    deb = cache / pathlib.PurePosixPath(rel).name
+    keyring = cache / "ubuntu-keyring" / "usr/share/keyrings/ubuntu-archive-keyring.gpg"
+    if not deb.is_file() or hashlib.sha256(deb.read_bytes()).hexdigest() != sha256:
+        url = f"{UBUNTU_MIRROR}/{rel}"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                data = r.read()
+        except OSError as e:
+            raise RootError(f"cannot download Ubuntu's keyring {url}: {e}") from e
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha256:
+            raise RootError(f"{url} has SHA-256 {got}, not the pinned {sha256}: refused")
+        tmp = deb.with_name(deb.name + ".part")
+        tmp.write_bytes(data)
+        os.replace(tmp, deb)
+        shutil.rmtree(cache / "ubuntu-keyring", ignore_errors=True)
+    if not keyring.is_file():
+        _check(subprocess.run(["dpkg-deb", "-x", str(deb), str(cache / "ubuntu-keyring")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+               f"dpkg-deb -x {deb}")
+    return keyring
 
 
 #: The host's own network settings a root needs to reach the package registries as the host
@@ -329,6 +406,22 @@ class RootRun:
 _SUMMARY = re.compile(r"^=+ (.*\d+ (passed|failed|errors?|skipped|deselected).*) =+$")
 
 
+def _seed_guest_image(root: pathlib.Path) -> None:
+    """Give root the host's guest image (tests.harness.guest builds it from Debian's
+    linux-image-cloud-amd64, a kernel with its drivers built in; Ubuntu has no such package,
+    its kernels need the modules of a second one). The guest's kernel is not what a root
+    tests -- its libvirt and QEMU are -- and the image's recipe key is the checkout's, so
+    the tests in the root find it built."""
+    from tests.harness.guest import ensure_guest_image
+    image_dir = ensure_guest_image().kernel.parent
+    dest = root / "var/cache/hookd-tests/guest" / image_dir.name
+    if not (dest / "manifest.json").exists():
+        tmp = dest.with_name(f".seed-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(image_dir, tmp)
+        os.replace(tmp, dest)
+
+
 def run_pytest(spec: Root, args: tuple[str, ...], *, timeout: float = 2400,
                label: str = "unit") -> RootRun:
     """Build (if needed) spec's root and run `python3 -m pytest -p no:cacheprovider -ra args`
@@ -341,6 +434,8 @@ def run_pytest(spec: Root, args: tuple[str, ...], *, timeout: float = 2400,
         t0 = time.monotonic()
         try:
             _export_checkout(src)
+            if spec.ubuntu and any(a.startswith("tests/integration") for a in args):
+                _seed_guest_image(root)
             deselected = deselected_for(spec.codename, args)
             argv = ["python3", "-m", "pytest", "-p", "no:cacheprovider", "-ra", *args]
             for node, _ in deselected:

@@ -26,7 +26,7 @@ def platform_report(request) -> dict:
 def pytest_terminal_summary(terminalreporter):
     tr = terminalreporter
     report = _report(tr.config)
-    tr.section("platforms: the suites run inside Debian roots")
+    tr.section("platforms: the suites run inside Debian and Ubuntu roots")
     for codename, built in report["built"].items():
         if isinstance(built, float):
             what = f"built in {built:.0f} s" if built else "cached"

@@ -1,7 +1,8 @@
-"""issue #17, tested against the real thing: the unit suite inside a Debian 11 (bullseye,
-Python 3.9) and a Debian 13 (trixie, Python 3.13) root, and the libvirt integration tests
-with trixie's libvirt 11 and QEMU 10 in the trixie root (tests.harness.roots builds the
-roots once per machine and runs pytest there with the root's own python3)."""
+"""issue #17, tested against the real thing: the unit suite inside Debian 11 (bullseye,
+Python 3.9), Ubuntu 22.04 (jammy, 3.10), Ubuntu 24.04 (noble, 3.12) and Debian 13 (trixie,
+3.13) roots, and the libvirt integration tests with noble's libvirt 10.0 / QEMU 8.2 and
+trixie's libvirt 11.3 / QEMU 10.0 in those roots (tests.harness.roots builds the roots once
+per machine and runs pytest there with the root's own python3)."""
 
 from __future__ import annotations
 
