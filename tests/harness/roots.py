@@ -117,8 +117,8 @@ class Root:
 
 
 ROOTS = {
-    "bullseye": Root("bullseye", "Debian 11: Python 3.9 (setup.cfg's floor, RHEL 9's), libvirt 7.0",
-                     COMMON_PACKAGES, "bullseye-security"),
+    "bullseye": Root("bullseye", "Debian 11: Python 3.9 (setup.cfg's floor, RHEL 9's), libvirt 7.0, QEMU 5.2",
+                     COMMON_PACKAGES + LIBVIRT_PACKAGES, "bullseye-security", libvirt=True),
     "trixie": Root("trixie", "Debian 13: Python 3.13, libvirt 11, QEMU 10",
                    # trixie split the storage driver (a dir pool: the proxy's stream test)
                    # out of libvirt-daemon, which bookworm's still carries.
