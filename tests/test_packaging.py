@@ -303,7 +303,8 @@ def test_debian_metadata():
     assert "ln -sf /usr/lib/hookd/hookd-shim $(PKG)/etc/libvirt/hooks/qemu.d/50-hookd" in rules
     assert "hardening=+all" in rules
     for unit in ("hookd.socket", "hookd.service", "hookd-proxy.socket"):
-        assert f"packaging/systemd/{unit} $(PKG)/lib/systemd/system/{unit}" in rules, unit
+        assert f"packaging/systemd/{unit} $(PKG)$(UNITDIR)/{unit}" in rules, unit
+    assert "UNITDIR := $(shell pkg-config --variable=systemdsystemunitdir systemd)" in rules
     # The proxy socket: not enabled or started by the package, not stopped by an upgrade, but
     # stopped on remove (debhelper's --no-start leaves that out of its prerm snippet).
     assert "dh_installsystemd --no-enable --no-start --no-stop-on-upgrade hookd-proxy.socket" in rules
