@@ -345,9 +345,26 @@ def test_rpm_spec_files_match_the_deb():
     assert not re.search(r"^%systemd_postun_with_restart .*hookd-proxy", spec, re.M)   # held on upgrade
     for dep in ("python3-libvirt", "python3-lxml", "python3-systemd"):
         assert re.search(rf"^Requires:\s+{dep}$", spec, re.M)
+    # RHEL 9/10: the target's Python path, never Debian's; pyproject-rpm-macros (CRB) named.
+    assert "%{python3_sitelib}/hookd/" in spec and "dist-packages" not in spec.replace(
+        "/usr/lib/python3/dist-packages), as", "")
+    assert "DEB_PYTHON_INSTALL_LAYOUT" not in spec
+    assert re.search(r"^BuildRequires:\s+pyproject-rpm-macros$", spec, re.M)
+    assert sorted(re.findall(r"^Requires:\s+(\S+)$", spec, re.M)) == [
+        "python3-libvirt", "python3-lxml", "python3-systemd", "util-linux"]   # evidence: packaging/README.md
 
 
-@pytest.mark.parametrize("script", ["build-deb", "build-rpm", "check-install", "install-build-deps"])
+def test_build_rpm_targets_rhel_python_paths():
+    build = (PKG / "build-rpm").read_text()
+    for line in ("el9) target_python=3.9 ;;", "el10) target_python=3.12 ;;",
+                 'echo "%python3_sitelib /usr/lib/python$target_python/site-packages"',
+                 "echo '%_libexecdir /usr/libexec'", 'echo "%dist .$dist"'):
+        assert line in build, line
+    r = subprocess.run([str(PKG / "build-rpm"), "--dist", "el8"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "el9 or el10" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("script", ["build-deb", "build-rpm", "check-install", "check-rpm", "install-build-deps"])
 def test_scripts_are_executable_posix_sh(script):
     path = PKG / script
     assert os.access(path, os.X_OK)
@@ -359,7 +376,7 @@ def test_scripts_are_executable_posix_sh(script):
         assert r.returncode == 0, r.stdout
 
 
-@pytest.mark.parametrize("script", ["build-deb", "build-rpm", "check-install"])
+@pytest.mark.parametrize("script", ["build-deb", "build-rpm", "check-install", "check-rpm"])
 def test_scripts_refuse_unknown_arguments_in_one_line(script):
     r = subprocess.run([str(PKG / script), "--bogus"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2

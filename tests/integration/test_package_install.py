@@ -66,7 +66,7 @@ def test_rpm_builds_and_ships_what_the_deb_ships():
         assert r.returncode == 0, f"{script}:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     from hookd import __version__
     arch = subprocess.run(["uname", "-m"], capture_output=True, text=True, check=True).stdout.strip()
-    rpm = REPO / "dist" / f"hookd-{__version__}-1.{arch}.rpm"
+    rpm = REPO / "dist" / f"hookd-{__version__}-1.el9.{arch}.rpm"     # build-rpm's default --dist
     deb_arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
                               check=True).stdout.strip()
     deb = next((REPO / "dist").glob(f"hookd_{__version__}-*_{deb_arch}.deb"))
@@ -89,6 +89,9 @@ def test_rpm_builds_and_ships_what_the_deb_ships():
         return out
 
     assert normalise(rpm_files) == normalise(deb_files)
+    # RHEL 9's Python path, not Debian's (tests/platforms/test_rpm_install.py installs it).
+    assert "/usr/lib/python3.9/site-packages/hookd/__init__.py" in rpm_files
+    assert not [p for p in rpm_files if "/dist-packages/" in p]
     for f in ("/etc/libvirt/hooks/qemu.d/50-hookd", "/etc/libvirt/hooks/qemu.d/50-hookd.conf", "/usr/bin/hookd",
               "/usr/bin/hookctl", "/usr/libexec/hookd/hookd-shim", "/etc/hookd/hookd.conf"):
         assert f in rpm_files
