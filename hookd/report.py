@@ -120,7 +120,8 @@ def fleet_boots(lastboots: Dict[str, str], pins: Dict[str, dict]) -> Tuple[List[
             continue
         serial, pin = value.get("serial"), (pins.get(uuid) or {}).get("serial")
         if pin is None:
-            judgement, why = UNKNOWN, "not pinned: etcd holds no decision for it (its host's audit has one)"
+            judgement, why = UNKNOWN, (f"not pinned, and etcd holds no decision: the audit of "
+                                       f"{value.get('host') or 'its host'} has it")
         elif serial == pin:
             judgement, why = MATCHED, f"serial {serial!r} is its pin"
         else:

@@ -53,8 +53,7 @@ def cmd_report(args) -> int:
         sources["lastboot"] = {"endpoints": list(config.store.endpoints), "keys": config.store.prefix + LASTBOOT,
                                "pins": config.store.prefix + PINS, "instances": len(lastboots),
                                "not_hookd": ignored,
-                               "holds": "only each instance's last boot (any host), judged against its pin; "
-                                        "no per-event history"}
+                               "holds": "only each instance's last boot, on any host; no per-event history"}
     lines = report.fold_report(report.in_range(boots, since))
     summary = report.summary(lines)
     if args.json:
@@ -85,9 +84,13 @@ def _print_table(summary, since, sources, lines) -> None:
     print(f"{summary['instances']} instances: {summary['compliant']} compliant, {summary['drifted']} drifted, "
           f"{summary['unknown']} unknown" + (f" (boots since {since})" if since else ""))
     a, f = sources["audit"], sources["lastboot"]
-    print(f"source audit: {a['path'] or 'none in ' + a['state_dir']} ({a['holds']})")
+    if a["path"] is None:
+        print(f"source audit: none (no audit log in {a['state_dir']}: this node recorded no boots)")
+    else:
+        print(f"source audit: {a['path']} ({a['holds']})")
     if f is not None:
-        print(f"source lastboot: etcd {', '.join(f['endpoints'])} {f['keys']} ({f['holds']} {f['pins']})")
+        print(f"source lastboot: etcd {', '.join(f['endpoints'])} {f['keys']}, judged against {f['pins']} "
+              f"({f['holds']})")
         if f["not_hookd"]:
             print(f"  ignored {len(f['not_hookd'])} keys that hold no hookd last boot")
     if not lines:

@@ -174,7 +174,8 @@ def test_fleet_report_from_two_hosts_sharing_etcd(libvirt_hosts, named_hookds, e
     assert res.returncode == 0, res.stderr
     out = res.stdout.decode().splitlines()
     assert out[0] == "4 instances: 2 compliant, 1 drifted, 1 unknown"
-    assert out[2].startswith(f"source lastboot: etcd {etcd.url} /hookd/lastboot/ (only each instance's last boot")
+    assert out[2] == (f"source lastboot: etcd {etcd.url} /hookd/lastboot/, judged against /hookd/pins/ "
+                      "(only each instance's last boot, on any host; no per-event history)")
     doc = report_json(a)
     assert doc["sources"]["lastboot"]["instances"] == 4
     line = doc["by"][moved]
@@ -183,7 +184,7 @@ def test_fleet_report_from_two_hosts_sharing_etcd(libvirt_hosts, named_hookds, e
     line = doc["by"][drift]
     assert (line["status"], line["hosts"], line["sources"]) == ("drifted", ["hv-b"], ["lastboot"])
     assert "serial 'OTHER-SERIAL', pinned 'PIN-DRIFT'" in line["why"]
-    assert doc["by"][far]["status"] == "unknown" and "not pinned" in doc["by"][far]["why"]
+    assert doc["by"][far]["status"] == "unknown" and "the audit of hv-b has it" in doc["by"][far]["why"]
     assert (doc["by"][here]["status"], doc["by"][here]["sources"]) == ("compliant", ["audit+lastboot"])
     assert report(a, "--fail-on-drift").returncode == 3
 
@@ -198,3 +199,11 @@ def test_fleet_report_from_two_hosts_sharing_etcd(libvirt_hosts, named_hookds, e
     # --local: hv-a's audit alone.
     local = report_json(a, "--local")
     assert set(local["by"]) == {moved, here} and local["sources"]["lastboot"] is None
+    # A node that runs no guests (no audit log): the fleet's last boots alone.
+    empty = tmp_path / "no-guests"
+    empty.mkdir()
+    res = report(a, "--state-dir", empty)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode().splitlines()[:2] == [
+        "4 instances: 1 compliant, 1 drifted, 2 unknown",
+        f"source audit: none (no audit log in {empty}: this node recorded no boots)"]
