@@ -3,7 +3,7 @@
 Owns the command names, their options and --help texts (the man pages list every
 option: tests/test_packaging.py), and turning every error into one line on stderr with
 a non-zero exit, never a traceback unless --debug. Each command lives in its own module
-(explain, shim, audit, status, pins, doctor) and shares hookd.cli.common; this module
+(explain, shim, audit, report, status, pins, doctor) and shares hookd.cli.common; this module
 must not hold a command's logic, and nothing in hookd.cli imports it (it is the top).
 """
 
@@ -21,6 +21,7 @@ from hookd.cli.audit import cmd_audit
 from hookd.cli.common import EXIT_FAIL, EXIT_OK
 from hookd.cli.explain import cmd_check_config, cmd_explain, cmd_rewrite
 from hookd.cli.pins import cmd_adopt, cmd_pin, cmd_pins, cmd_unpin, pinfile_formats
+from hookd.cli.report import cmd_report
 from hookd.cli.shim import SHIM_NAME, cmd_install_hook
 from hookd.cli.status import cmd_reconcile, cmd_status
 from hookd.errors import HookdError
@@ -86,6 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = sp.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON")
     fmt.add_argument("--csv", action="store_true", help="print CSV (licence-compliance reports)")
+    sp.add_argument("--state-dir", metavar="DIR", help="state directory (default: [hookd] state_dir)")
+    config_opt(sp)
+
+    sp = add("report", cmd_report,
+             "the compliance report: per instance, its serials, hosts, first and last seen, whether each "
+             "boot matched policy, and drift (this host's audit; with [store] backend = etcd, the fleet's "
+             "last boots too)")
+    sp.add_argument("--since", metavar="TIME", help="only boots since: ISO time or age (30m, 12h, 7d)")
+    fmt = sp.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON (with every boot of each instance)")
+    fmt.add_argument("--csv", action="store_true", help="print CSV, one row per instance")
+    sp.add_argument("--local", action="store_true",
+                    help="only this host's audit, even with [store] backend = etcd")
+    sp.add_argument("--fail-on-drift", action="store_true",
+                    help="exit 3 when an instance drifted (for cron jobs; default: 0, drift is data)")
     sp.add_argument("--state-dir", metavar="DIR", help="state directory (default: [hookd] state_dir)")
     config_opt(sp)
 

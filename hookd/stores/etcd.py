@@ -414,3 +414,7 @@ class EtcdPinStore:
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
+
+    def last_boots(self) -> Dict[str, str]:
+        """{instance UUID: PREFIX/lastboot/UUID's value (JSON text)}: hookctl report (blocking, no cache)."""
+        return {k[len(self.prefix + LASTBOOT):]: v for k, v in self._sync.range_prefix(self.prefix + LASTBOOT).items()}

@@ -23,7 +23,7 @@ import http.client
 import json
 import ssl
 import urllib.parse
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from hookd.errors import StoreError
 
@@ -76,6 +76,12 @@ class SyncClient:
             finally:
                 conn.close()
         raise StoreError("etcd unreachable (" + "; ".join(errors) + ")")
+
+    def range_prefix(self, prefix: str) -> Dict[str, str]:
+        """Every key under `prefix` and its value, decoded (one range call; what they mean is
+        the caller's)."""
+        resp = self.call("/v3/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))})
+        return {unb64(kv["key"]): unb64(kv.get("value", "")) for kv in resp.get("kvs", [])}
 
 
 class AsyncClient:
