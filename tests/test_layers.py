@@ -30,6 +30,8 @@ ALLOWED = {
     "hookd.rpc.frame": {"hookd.errors"},
     "hookd.rpc.xdr": {"hookd.errors", "hookd.rpc.frame"},
     "hookd.ledger": {"hookd.errors"},
+    # The compliance report folds audit rows and last boots: pure, like the ledger it uses.
+    "hookd.report": {"hookd.errors", "hookd.ledger"},
 }
 #: Only these may talk to libvirt (the worker process and the read-only commands).
 LIBVIRT_CLIENTS = ("hookd.virt", "hookd.cli")
