@@ -4,8 +4,9 @@ Owns start-up and shutdown, the one asyncio event loop, configuration reloads
 (SIGHUP and inotify on the config directory; an invalid config is refused and the
 last good one stays), systemd integration (READY/STATUS/WATCHDOG and socket
 activation through hookd.ipc.sdprotocol, the journal) and the wiring of its parts: the hook socket
-(hookd.hookpath.server + hookd.hookpath.handler), the libvirt proxy (hookd.rpc.proxy) and the audit
-log. It holds no policy logic itself.
+(hookd.hookpath.server + hookd.hookpath.handler), the libvirt proxy (hookd.rpc.proxy), the audit
+log, and the metrics textfile (hookd.metrics: the writer task, and the gauges and totals
+read from the status tree before each write). It holds no policy logic itself.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import sys
 import time
 from typing import Any, Awaitable, Callable, Dict, Optional, Type
 
-from hookd import __version__
+from hookd import __version__, metrics
+from hookd.metrics import feed as metrics_feed
+from hookd.metrics.textfile import TextfileWriter
 from hookd.ipc import messages
 from hookd.ipc import sdprotocol as sd
 from hookd.rpc import upstream
@@ -88,6 +91,8 @@ class Daemon:
         self.proxy = None
         self.worker: Optional[WorkerSupervisor] = None
         self.store = None
+        self.metrics_writer: Optional[TextfileWriter] = None
+        self._pins_counted = (0.0, 0)       # (monotonic time, count): an SQLite count at most once a minute
         #: hookctl's control calls on the hook socket: message class -> handler.
         self._control: Dict[Type[messages.Message], Callable[[Any], Awaitable[messages.Message]]] = {
             messages.StatusQuery: self._on_status,
@@ -127,6 +132,10 @@ class Daemon:
             "nova-compute's connection_uri must name it")
         if proxy_path:
             await self._start_proxy(proxy_path, proxy_fd)
+        metrics.BUILD_INFO.set(1, __version__)
+        metrics.START_TIME.set(round(self.started, 3))
+        metrics.UP.set(1)
+        self._start_metrics()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.schedule_reload, "SIGHUP")
@@ -150,6 +159,7 @@ class Daemon:
             await self.proxy.close()
         await self.server.drain(SHUTDOWN_GRACE_S)
         await self.worker.close()
+        await self._stop_metrics()
         await self.store.aclose()
         if watchdog is not None:
             watchdog.cancel()
@@ -176,6 +186,43 @@ class Daemon:
                                   allowed_gid=gid, listen_fd=fd,
                                   max_clients=descriptor_budget(d.proxy_max_clients))
         await self.proxy.start()
+
+    # ---------------------------------------------------------------- metrics
+    def _start_metrics(self) -> None:
+        m = self.config.metrics
+        if m.textfile_dir:
+            self.metrics_writer = TextfileWriter(metrics.REGISTRY, m.textfile_dir, interval=m.interval,
+                                                         before_write=self.refresh_metrics)
+            self.metrics_writer.start()
+            log.info("metrics: %s, rewritten on change and every %g s", self.metrics_writer.path, m.interval)
+
+    async def _stop_metrics(self) -> None:
+        writer, self.metrics_writer = self.metrics_writer, None
+        if writer is not None:
+            await writer.stop(final=lambda: metrics.UP.set(0))
+
+    async def _restart_metrics(self) -> None:
+        await self._stop_metrics()
+        self._start_metrics()
+
+    def refresh_metrics(self) -> None:
+        """What is counted elsewhere (the status tree, the worker's reports) into hookd.metrics."""
+        st = self.status()
+        metrics_feed.from_status(st, self.worker.domain_states(), pins=self._pin_count(st["store"]),
+                                 reconcile_enabled=self.config.reconcile_enabled,
+                                 reconcile_interval=self.config.reconcile_interval)
+
+    def _pin_count(self, store_status: dict) -> int:
+        if "cached" in store_status:
+            return store_status["cached"] or 0
+        when, count = self._pins_counted
+        if hasattr(self.store, "all") and (not when or time.monotonic() - when > 60):
+            try:
+                count = len(self.store.all())
+            except HookdError:
+                pass        # the store's own status says it is failing
+            self._pins_counted = (time.monotonic(), count)
+        return count
 
     async def _watchdog(self, interval: float) -> None:
         """WATCHDOG=1 from the event loop itself: a loop that stalls (blocked, or the
@@ -255,6 +302,8 @@ class Daemon:
         except HookdError as err:
             self.reload_failures += 1
             self.last_reload_error = str(err)
+            metrics.RELOADS.inc("rejected")
+            metrics.RELOAD_OK.set(0)
             log.error("configuration reload (%s) rejected: %s; the previous configuration stays in force",
                       why, err)
             sd.notify("READY=1")
@@ -265,9 +314,14 @@ class Daemon:
         if new.store != self.config.store:
             log.warning("configuration reload (%s): [store] changes take effect at the next restart", why)
             new = dataclasses.replace(new, store=self.config.store)
+        metrics_changed = new.metrics != self.config.metrics
         self.config = new
         self.worker.reload()
         self.reloads += 1
+        metrics.RELOADS.inc("applied")
+        metrics.RELOAD_OK.set(1)
+        if metrics_changed:
+            asyncio.get_running_loop().create_task(self._restart_metrics())
         self.last_reload_error = None
         log.info("configuration reloaded (%s) from %s: mode %s, %d rules, on_mismatch %s", why,
                  ", ".join(new.sources), new.policy.mode, len(new.policy.rules), new.on_mismatch)

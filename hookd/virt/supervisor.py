@@ -314,7 +314,14 @@ class WorkerSupervisor:
         if not self.running:
             events["connected"] = False
             events["last_error"] = f"libvirt worker not running ({self._down_reason})"
-        return {"events": events, "reconcile": dict(self._reported["reconcile"])}
+        reconcile = dict(self._reported["reconcile"])
+        reconcile.pop("domains", None)      # per domain: for the metrics (domain_states), not the status
+        return {"events": events, "reconcile": reconcile}
+
+    def domain_states(self) -> dict:
+        """instance UUID -> [domain, state], as the worker's reconciler last reported them."""
+        domains = self._reported["reconcile"].get("domains")
+        return domains if isinstance(domains, dict) else {}
 
     async def reconcile(self, dry_run: bool) -> m.ReconcileOutcome:
         """`hookctl reconcile`, run by the worker; an ErrorReply when it cannot be."""

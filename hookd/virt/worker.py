@@ -220,6 +220,8 @@ class Worker:
                 continue
             stamp, dom, event, detail = item
             name, detail_name = event_names(event, detail)
+            if name == "undefined":
+                self.reconciler.forget(dom.UUIDString())
             if name in RECORDED:
                 try:
                     self._record(**await self.rows.event_row(stamp, dom, name, detail_name))
