@@ -224,6 +224,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable, object]]] = {
     "metrics": {
         "textfile_dir": (_path, ""),
         "interval": (_float(1, 3600), 15.0),
+        "socket": (_path, ""),
     },
 }
 RULE_KEYS = ("instance", "project", "flavor", "image", "mode", "template")
@@ -256,6 +257,7 @@ class StoreSettings:
 class MetricsSettings:
     textfile_dir: str = ""          # empty: no textfile
     interval: float = 15.0
+    socket: str = ""                # empty: no metrics socket
 
 
 @dataclass(frozen=True)

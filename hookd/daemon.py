@@ -5,8 +5,8 @@ Owns start-up and shutdown, the one asyncio event loop, configuration reloads
 last good one stays), systemd integration (READY/STATUS/WATCHDOG and socket
 activation through hookd.ipc.sdprotocol, the journal) and the wiring of its parts: the hook socket
 (hookd.hookpath.server + hookd.hookpath.handler), the libvirt proxy (hookd.rpc.proxy), the audit
-log, and the metrics textfile (hookd.metrics: the writer task, and the gauges and totals
-read from the status tree before each write). It holds no policy logic itself.
+log, and the metrics (hookd.metrics.exporter: the textfile and the metrics socket, fed from
+the status tree before each write). It holds no policy logic itself.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable, Dict, Optional, Type
 
 from hookd import __version__, metrics
 from hookd.metrics import feed as metrics_feed
-from hookd.metrics.textfile import TextfileWriter
+from hookd.metrics.exporter import MetricsExporter
 from hookd.ipc import messages
 from hookd.ipc import sdprotocol as sd
 from hookd.rpc import upstream
@@ -91,7 +91,8 @@ class Daemon:
         self.proxy = None
         self.worker: Optional[WorkerSupervisor] = None
         self.store = None
-        self.metrics_writer: Optional[TextfileWriter] = None
+        self.exporter = MetricsExporter(self.refresh_metrics, self._metrics_group)
+        self._metrics_applied: Optional[asyncio.Task] = None      # held: a reload's [metrics] change
         self._pins_counted = (0.0, 0)       # (monotonic time, count): an SQLite count at most once a minute
         #: hookctl's control calls on the hook socket: message class -> handler.
         self._control: Dict[Type[messages.Message], Callable[[Any], Awaitable[messages.Message]]] = {
@@ -134,8 +135,7 @@ class Daemon:
             await self._start_proxy(proxy_path, proxy_fd)
         metrics.BUILD_INFO.set(1, __version__)
         metrics.START_TIME.set(round(self.started, 3))
-        metrics.UP.set(1)
-        self._start_metrics()
+        await self.exporter.start(self.config.metrics)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.schedule_reload, "SIGHUP")
@@ -159,7 +159,7 @@ class Daemon:
             await self.proxy.close()
         await self.server.drain(SHUTDOWN_GRACE_S)
         await self.worker.close()
-        await self._stop_metrics()
+        await self.exporter.stop()
         await self.store.aclose()
         if watchdog is not None:
             watchdog.cancel()
@@ -188,22 +188,14 @@ class Daemon:
         await self.proxy.start()
 
     # ---------------------------------------------------------------- metrics
-    def _start_metrics(self) -> None:
-        m = self.config.metrics
-        if m.textfile_dir:
-            self.metrics_writer = TextfileWriter(metrics.REGISTRY, m.textfile_dir, interval=m.interval,
-                                                         before_write=self.refresh_metrics)
-            self.metrics_writer.start()
-            log.info("metrics: %s, rewritten on change and every %g s", self.metrics_writer.path, m.interval)
-
-    async def _stop_metrics(self) -> None:
-        writer, self.metrics_writer = self.metrics_writer, None
-        if writer is not None:
-            await writer.stop(final=lambda: metrics.UP.set(0))
-
-    async def _restart_metrics(self) -> None:
-        await self._stop_metrics()
-        self._start_metrics()
+    def _metrics_group(self) -> Optional[int]:
+        """The metrics socket's group: [hookd] proxy_group, who may use libvirt's socket too."""
+        from hookd.config import resolve_group
+        try:
+            return resolve_group(self.config.daemon.proxy_group)
+        except HookdError as err:
+            log.warning("metrics socket: root only (%s)", err)
+            return None
 
     def refresh_metrics(self) -> None:
         """What is counted elsewhere (the status tree, the worker's reports) into hookd.metrics."""
@@ -321,7 +313,7 @@ class Daemon:
         metrics.RELOADS.inc("applied")
         metrics.RELOAD_OK.set(1)
         if metrics_changed:
-            asyncio.get_running_loop().create_task(self._restart_metrics())
+            self._metrics_applied = asyncio.get_running_loop().create_task(self.exporter.apply(new.metrics))
         self.last_reload_error = None
         log.info("configuration reloaded (%s) from %s: mode %s, %d rules, on_mismatch %s", why,
                  ", ".join(new.sources), new.policy.mode, len(new.policy.rules), new.on_mismatch)

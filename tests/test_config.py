@@ -143,7 +143,7 @@ def test_metrics_are_off_by_default_and_read_when_set(tmp_path):
     ("textfile_dir = node-exporter", ":2: expected an absolute path, got 'node-exporter'"),
     ("interval = 0.5", ":2: expected a number from 1 to 3600, got '0.5'"),
     ("interval = often", ":2: expected a number, got 'often'"),
-    ("listen = :9100", ":2: unknown key 'listen' in [metrics] (known: textfile_dir, interval)"),
+    ("listen = :9100", ":2: unknown key 'listen' in [metrics] (known: textfile_dir, interval, socket)"),
 ])
 def test_a_bad_metrics_value_names_file_line_and_reason(tmp_path, body, message):
     path = write(tmp_path / "hookd.conf", f"[metrics]\n{body}\n")

@@ -3,16 +3,17 @@
 Owns every metric's name, type, help and labels: the module constants below are hookd's
 public monitoring interface (the README's "Metrics and alerts" lists them). The types and
 the text format are hookd.metrics.registry's, the atomic textfile writer is
-hookd.metrics.textfile's, and hookd.metrics.feed copies what the daemon's status tree
+hookd.metrics.textfile's, the metrics socket hookd.metrics.serve's, their lifecycle
+hookd.metrics.exporter's, and hookd.metrics.feed copies what the daemon's status tree
 already counts (proxy, worker, reconciler, pin store, audit log) into them before each
 write, so that those paths gain no code at all.
 
 Hot path. Any layer may count (`DECISIONS.inc("prepare", "compliant")`): an increment is
 a dict update and a flag, no I/O, no lock, no allocation once the series exists; the
 writer task renders later on the one event loop and never fails or delays a hook call
-or a proxy call. This package must not import any hookd module outside itself (every
-layer may import it, as hookd.clock and hookd.errors) and holds no reference to the
-daemon's objects.
+or a proxy call. This module must not import any hookd module outside this package, and
+only hookd.metrics.exporter does (to bind its socket), so every layer may import it, as
+hookd.clock and hookd.errors; none holds a reference to the daemon's objects.
 
 Cardinality stays bounded by construction: every label of a counter or a histogram takes
 its values from a fixed set (hook operations, proxy operations, verdicts, results), and

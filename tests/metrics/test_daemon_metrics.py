@@ -139,3 +139,49 @@ def test_an_unwritable_textfile_dir_costs_one_log_line_and_no_hook_call(tmp_path
         assert "written to" in d.log_text() and "again" in d.log_text()
     finally:
         d.stop()
+
+
+def _get(path, request=b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout=10,
+         half_close=False) -> bytes:
+    import socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(request)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def test_the_metrics_socket_answers_http_and_is_gone_after_stop(tmp_path):
+    import grp
+    import os
+    import stat
+    from prometheus_client.parser import text_string_to_metric_families
+    sock = tmp_path / "m" / "metrics.sock"
+    d = HookdProcess(tmp_path, config_extra=f"[metrics]\nsocket = {sock}\n")
+    d.start()
+    try:
+        st = os.stat(sock)
+        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == grp.getgrnam("libvirt").gr_gid
+        uid = str(uuidlib.uuid4())
+        ask_prepare(d.socket, "instance-1", domain(uuid=uid, serial=uid))
+        reply = _get(sock)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200 OK\r\n") and b"Content-Type: text/plain; version=0.0.4" in head
+        assert f"Content-Length: {len(body)}".encode() in head
+        fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        calls = {tuple(sorted(s.labels.items())): s.value for s in fams["hookd_hook_calls"].samples
+                 if s.name == "hookd_hook_calls_total"}
+        assert calls[(("operation", "prepare"), ("result", "allow"))] == 1
+        assert _get(sock, b"POST / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 405 ")
+        assert _get(sock, b"not http at all", half_close=True) == b""       # no answer, closed
+        assert d.stop() == 0
+        assert not sock.exists()
+    finally:
+        d.stop()
