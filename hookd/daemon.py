@@ -93,7 +93,7 @@ class Daemon:
         self.store = None
         self.exporter = MetricsExporter(self.refresh_metrics, self._metrics_group)
         self._metrics_applied: Optional[asyncio.Task] = None      # held: a reload's [metrics] change
-        self._pins_counted = (0.0, 0)       # (monotonic time, count): an SQLite count at most once a minute
+        self._pins_counted = (0.0, 0.0, 0)      # (monotonic time, pins made then, count)
         #: hookctl's control calls on the hook socket: message class -> handler.
         self._control: Dict[Type[messages.Message], Callable[[Any], Awaitable[messages.Message]]] = {
             messages.StatusQuery: self._on_status,
@@ -205,15 +205,18 @@ class Daemon:
                                  reconcile_interval=self.config.reconcile_interval)
 
     def _pin_count(self, store_status: dict) -> int:
+        """etcd's cache count, or SQLite's rows: counted again when this daemon made a pin,
+        else at most once a minute (hookctl pin/unpin write from another process)."""
         if "cached" in store_status:
             return store_status["cached"] or 0
-        when, count = self._pins_counted
-        if hasattr(self.store, "all") and (not when or time.monotonic() - when > 60):
+        when, made, count = self._pins_counted
+        made_now = metrics.PINS_MADE.value() or 0
+        if hasattr(self.store, "all") and (not when or made_now != made or time.monotonic() - when > 60):
             try:
                 count = len(self.store.all())
             except HookdError:
                 pass        # the store's own status says it is failing
-            self._pins_counted = (time.monotonic(), count)
+            self._pins_counted = (time.monotonic(), made_now, count)
         return count
 
     async def _watchdog(self, interval: float) -> None:

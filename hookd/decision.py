@@ -145,6 +145,7 @@ class DecisionService:
             return evaluate(data, policy, rewrite=rewrite, what=what, pins=lambda _uuid: winner)
         self.log.info("instance %s (%s): pinned serial %r on first sight (%s, %s)", d.instance_uuid, d.domain,
                       winner, op, d.rule)
+        metrics.PINS_MADE.inc()
         if self.audit is not None:
             self.audit.record(operation="pin", domain=d.domain, instance_uuid=d.instance_uuid,
                               serial_seen=d.serial_current, serial_wanted=winner, verdict=d.verdict, rule=d.rule,

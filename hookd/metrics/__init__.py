@@ -92,6 +92,7 @@ DOMAIN_STATE = _r.gauge("hookd_domain_state", "1 for each domain, labelled with 
 STORE_UP = _r.gauge("hookd_pin_store_up", "1 when the pin store is reachable", ("backend",))
 PINS = _r.gauge("hookd_pins", "Pinned serials in the pin store (etcd: in the local cache)")
 PINS_QUEUED = _r.gauge("hookd_pins_queued", "Pins made locally and not yet written to etcd")
+PINS_MADE = _r.counter("hookd_pins_made_total", "Serials pinned on first sight (mode preserve) by this daemon")
 
 AUDIT_WRITTEN = _r.counter("hookd_audit_rows_total", "Audit rows written")
 AUDIT_PENDING = _r.gauge("hookd_audit_rows_pending", "Audit rows waiting to be written")

@@ -185,3 +185,22 @@ def test_the_metrics_socket_answers_http_and_is_gone_after_stop(tmp_path):
         assert not sock.exists()
     finally:
         d.stop()
+
+
+def test_a_pin_made_on_first_sight_is_counted_and_the_pins_recounted(tmp_path, textdir):
+    import time
+    d = HookdProcess(tmp_path, config_extra=f"[policy]\nmode = preserve\n[metrics]\ntextfile_dir = {textdir}\n")
+    try:
+        d.start()
+        path = textdir / TEXTFILE_NAME
+        before = written_after(path, 0)
+        assert sample(before, "hookd_pins") == 0
+        for n in range(2):
+            uid = str(uuidlib.uuid4())
+            assert ask_prepare(d.socket, f"instance-{n}", domain(uuid=uid, serial=f"KEEP-{n}")).action == "allow"
+        after = written_after(path, time.time())
+        assert delta(before, after, "hookd_pins_made_total") == 2
+        assert sample(after, "hookd_pins") == 2          # recounted at once, not a minute later
+        assert sample(after, "hookd_decisions_total", operation="prepare", verdict="compliant") == 2
+    finally:
+        d.stop()
