@@ -163,10 +163,13 @@ class Reconciler:
         self.last_success: Optional[float] = None
         #: instance UUID -> (domain name, state): bounded by the domains defined here.
         self.states: Dict[str, Tuple[str, str]] = {}
+        #: Bumped when `states` changes: the worker sends the map only then.
+        self.states_version = 0
 
     def forget(self, instance_uuid: str) -> None:
         """The domain was undefined: it has no state any more."""
-        self.states.pop(instance_uuid.lower(), None)
+        if self.states.pop(instance_uuid.lower(), None) is not None:
+            self.states_version += 1
 
     # ------------------------------------------------------------- hook holds
     def note_hook(self, instance_uuid: str, op: str, when: Optional[float] = None) -> None:
@@ -208,7 +211,10 @@ class Reconciler:
         async with self._domain_lock:
             item = await self._reconcile(dom, fix, why)
         if item.state is not None and item.instance_uuid:
-            self.states[item.instance_uuid.lower()] = (item.domain, item.state)
+            key, value = item.instance_uuid.lower(), (item.domain, item.state)
+            if self.states.get(key) != value:
+                self.states[key] = value
+                self.states_version += 1
         return item
 
     async def _reconcile(self, dom, fix: bool, why: str) -> Item:
@@ -353,7 +359,9 @@ class Reconciler:
                 counts[i.action] = counts.get(i.action, 0) + 1
             self.sweeps += 1
             listed = {d.UUIDString().lower() for d in doms}
-            self.states = {u: st for u, st in self.states.items() if u in listed}
+            kept = {u: st for u, st in self.states.items() if u in listed}
+            if len(kept) != len(self.states):
+                self.states, self.states_version = kept, self.states_version + 1
             if fix:
                 self.last_success = time.time()
             self.last_sweep = {"time": now_iso(), "why": why, "dry_run": not fix, "checked": len(items),
@@ -367,5 +375,8 @@ class Reconciler:
 
     def stats(self) -> dict:
         return {"sweeps": self.sweeps, "fixed": self.fixed, "last_sweep": self.last_sweep,
-                "last_success": self.last_success,
-                "domains": {u: [name, state] for u, (name, state) in self.states.items()}}
+                "last_success": self.last_success}
+
+    def domain_states(self) -> dict:
+        """instance UUID -> [domain, state], as the worker sends it to the daemon."""
+        return {u: [name, state] for u, (name, state) in self.states.items()}
