@@ -4,9 +4,9 @@ Owns boot-time verification: `prepare begin` is checked against the policy (allo
 warn or deny), `migrate begin` and `restore begin` are recorded and passed through
 unchanged (libvirt's ABI check rejects any serial change there), and a `prepare`
 that follows one of those for the same instance is never refused, only recorded as
-drift. Every call leaves one audit row, and counts in hookd_hook_calls_total{operation,
-result} and hookd_hook_call_duration_seconds (hookd.metrics; no I/O). It never calls libvirt: the hook that asked
-holds the domain's lock until it gets an answer.
+drift. Every call leaves one audit row and counts in hookd_hook_calls_total{operation,
+result} and hookd_hook_call_duration_seconds (hookd.metrics: no I/O). It never calls
+libvirt: the hook that asked holds the domain's lock until it gets an answer.
 """
 
 from __future__ import annotations
