@@ -17,7 +17,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 BENCHES = ("bench_policy", "bench_hook", "bench_proxy", "bench_rss", "bench_stall", "bench_fleet") + \
-    (("bench_reconcile",) if (HERE / "bench_reconcile.py").exists() else ())
+    (("bench_reconcile",) if (HERE / "bench_reconcile.py").exists() else ()) + ("bench_metrics",)
 
 
 def machine() -> dict:

@@ -221,6 +221,11 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable, object]]] = {
         "ca_file": (_path, ""),
         "timeout": (_float(0.1, 60), 2.0),
     },
+    "metrics": {
+        "textfile_dir": (_path, ""),
+        "interval": (_float(1, 3600), 15.0),
+        "socket": (_path, ""),
+    },
 }
 RULE_KEYS = ("instance", "project", "flavor", "image", "mode", "template")
 
@@ -249,6 +254,13 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    textfile_dir: str = ""          # empty: no textfile
+    interval: float = 15.0
+    socket: str = ""                # empty: no metrics socket
+
+
+@dataclass(frozen=True)
 class Config:
     policy: PolicyConfig = PolicyConfig()
     daemon: DaemonSettings = DaemonSettings()
@@ -257,6 +269,7 @@ class Config:
     reconcile_interval: float = 600.0
     sources: Tuple[str, ...] = ()
     store: StoreSettings = StoreSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def config_dir(self) -> Optional[str]:
@@ -342,6 +355,7 @@ def build_config(sections: Dict[str, RawSection], sources: Tuple[str, ...]) -> C
         non_nova=get("policy", "non_nova"), rules=tuple(rules))
     daemon = DaemonSettings(**{k: get("hookd", k) for k in SCHEMA["hookd"]})
     store = StoreSettings(**{k: get("store", k) for k in SCHEMA["store"]})
+    metrics = MetricsSettings(**{k: get("metrics", k) for k in SCHEMA["metrics"]})
     if store.backend == "etcd" and bool(store.cert_file) != bool(store.key_file):
         s = (sections["store"].keys.get("cert_file") or sections["store"].keys.get("key_file"))
         raise ConfigError("cert_file and key_file go together", s.path, s.line)
@@ -350,7 +364,8 @@ def build_config(sections: Dict[str, RawSection], sources: Tuple[str, ...]) -> C
         raise ConfigError(f"prefix {store.prefix!r} must start and end with '/'", s.path, s.line)
     return Config(policy=policy, daemon=daemon, on_mismatch=get("enforce", "on_mismatch"),
                   reconcile_enabled=get("reconcile", "enabled"),
-                  reconcile_interval=get("reconcile", "interval"), sources=sources, store=store)
+                  reconcile_interval=get("reconcile", "interval"), sources=sources, store=store,
+                  metrics=metrics)
 
 
 def _build_rule(sec: RawSection, default_template) -> Rule:

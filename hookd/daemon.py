@@ -4,8 +4,9 @@ Owns start-up and shutdown, the one asyncio event loop, configuration reloads
 (SIGHUP and inotify on the config directory; an invalid config is refused and the
 last good one stays), systemd integration (READY/STATUS/WATCHDOG and socket
 activation through hookd.ipc.sdprotocol, the journal) and the wiring of its parts: the hook socket
-(hookd.hookpath.server + hookd.hookpath.handler), the libvirt proxy (hookd.rpc.proxy) and the audit
-log. It holds no policy logic itself.
+(hookd.hookpath.server + hookd.hookpath.handler), the libvirt proxy (hookd.rpc.proxy), the audit
+log, and the metrics (hookd.metrics.exporter: the textfile and the metrics socket, fed from
+the status tree before each write). It holds no policy logic itself.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import sys
 import time
 from typing import Any, Awaitable, Callable, Dict, Optional, Type
 
-from hookd import __version__
+from hookd import __version__, metrics
+from hookd.metrics import feed as metrics_feed
+from hookd.metrics.exporter import MetricsExporter
 from hookd.ipc import messages
 from hookd.ipc import sdprotocol as sd
 from hookd.rpc import upstream
@@ -88,6 +91,9 @@ class Daemon:
         self.proxy = None
         self.worker: Optional[WorkerSupervisor] = None
         self.store = None
+        self.exporter = MetricsExporter(self.refresh_metrics, self._metrics_group)
+        self._metrics_applied: Optional[asyncio.Task] = None      # held: a reload's [metrics] change
+        self._pins_counted = (0.0, 0.0, 0)      # (monotonic time, pins made then, count)
         #: hookctl's control calls on the hook socket: message class -> handler.
         self._control: Dict[Type[messages.Message], Callable[[Any], Awaitable[messages.Message]]] = {
             messages.StatusQuery: self._on_status,
@@ -127,6 +133,9 @@ class Daemon:
             "nova-compute's connection_uri must name it")
         if proxy_path:
             await self._start_proxy(proxy_path, proxy_fd)
+        metrics.BUILD_INFO.set(1, __version__)
+        metrics.START_TIME.set(round(self.started, 3))
+        await self.exporter.start(self.config.metrics)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.schedule_reload, "SIGHUP")
@@ -150,6 +159,7 @@ class Daemon:
             await self.proxy.close()
         await self.server.drain(SHUTDOWN_GRACE_S)
         await self.worker.close()
+        await self.exporter.stop()
         await self.store.aclose()
         if watchdog is not None:
             watchdog.cancel()
@@ -176,6 +186,38 @@ class Daemon:
                                   allowed_gid=gid, listen_fd=fd,
                                   max_clients=descriptor_budget(d.proxy_max_clients))
         await self.proxy.start()
+
+    # ---------------------------------------------------------------- metrics
+    def _metrics_group(self) -> Optional[int]:
+        """The metrics socket's group: [hookd] proxy_group, who may use libvirt's socket too."""
+        from hookd.config import resolve_group
+        try:
+            return resolve_group(self.config.daemon.proxy_group)
+        except HookdError as err:
+            log.warning("metrics socket: root only (%s)", err)
+            return None
+
+    def refresh_metrics(self) -> None:
+        """What is counted elsewhere (the status tree, the worker's reports) into hookd.metrics."""
+        st = self.status()
+        metrics_feed.from_status(st, self.worker.domain_states(), pins=self._pin_count(st["store"]),
+                                 reconcile_enabled=self.config.reconcile_enabled,
+                                 reconcile_interval=self.config.reconcile_interval)
+
+    def _pin_count(self, store_status: dict) -> int:
+        """etcd's cache count, or SQLite's rows: counted again when this daemon made a pin,
+        else at most once a minute (hookctl pin/unpin write from another process)."""
+        if "cached" in store_status:
+            return store_status["cached"] or 0
+        when, made, count = self._pins_counted
+        made_now = metrics.PINS_MADE.value() or 0
+        if hasattr(self.store, "all") and (not when or made_now != made or time.monotonic() - when > 60):
+            try:
+                count = len(self.store.all())
+            except HookdError:
+                pass        # the store's own status says it is failing
+            self._pins_counted = (time.monotonic(), made_now, count)
+        return count
 
     async def _watchdog(self, interval: float) -> None:
         """WATCHDOG=1 from the event loop itself: a loop that stalls (blocked, or the
@@ -255,6 +297,8 @@ class Daemon:
         except HookdError as err:
             self.reload_failures += 1
             self.last_reload_error = str(err)
+            metrics.RELOADS.inc("rejected")
+            metrics.RELOAD_OK.set(0)
             log.error("configuration reload (%s) rejected: %s; the previous configuration stays in force",
                       why, err)
             sd.notify("READY=1")
@@ -265,9 +309,14 @@ class Daemon:
         if new.store != self.config.store:
             log.warning("configuration reload (%s): [store] changes take effect at the next restart", why)
             new = dataclasses.replace(new, store=self.config.store)
+        metrics_changed = new.metrics != self.config.metrics
         self.config = new
         self.worker.reload()
         self.reloads += 1
+        metrics.RELOADS.inc("applied")
+        metrics.RELOAD_OK.set(1)
+        if metrics_changed:
+            self._metrics_applied = asyncio.get_running_loop().create_task(self.exporter.apply(new.metrics))
         self.last_reload_error = None
         log.info("configuration reloaded (%s) from %s: mode %s, %d rules, on_mismatch %s", why,
                  ", ".join(new.sources), new.policy.mode, len(new.policy.rules), new.on_mismatch)

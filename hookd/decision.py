@@ -16,6 +16,9 @@ alone:
 One convention: XML goes in and comes out as bytes (what libvirt and the shim send);
 the proxy's handler converts its strings at its own edge.
 
+Each decide() counts one hookd_decisions_total{operation, verdict} (hookd.metrics: a
+dict update, no I/O); `error` when the XML cannot be read.
+
 It must not import lxml directly (hookd.xml does the XML), open a socket or a file,
 or call libvirt: the hook that asks holds the domain's lock.
 """
@@ -26,7 +29,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from hookd.errors import StoreError
+from hookd import metrics
+from hookd.errors import HookdError, StoreError
 from hookd.policy.model import DomainFacts
 from hookd.policy.serial import VERDICT_REWRITE, PolicyConfig, SerialDecision, decide_serial
 from hookd.xml import domain as domainxml, sysinfo as sysinfoxml
@@ -121,8 +125,13 @@ class DecisionService:
         """The Evaluation, after pinning the serial preserve mode asked for (op: the call
         that saw the instance first)."""
         policy = self._policy()
-        ev = evaluate(data, policy, rewrite=rewrite, what=what, pins=self.lookup)
+        try:
+            ev = evaluate(data, policy, rewrite=rewrite, what=what, pins=self.lookup)
+        except HookdError:
+            metrics.DECISIONS.inc(op, "error")
+            raise
         d = ev.decision
+        metrics.DECISIONS.inc(op, d.verdict)
         if d.new_pin is None or not self.make_pins:
             return ev
         try:
@@ -136,6 +145,7 @@ class DecisionService:
             return evaluate(data, policy, rewrite=rewrite, what=what, pins=lambda _uuid: winner)
         self.log.info("instance %s (%s): pinned serial %r on first sight (%s, %s)", d.instance_uuid, d.domain,
                       winner, op, d.rule)
+        metrics.PINS_MADE.inc()
         if self.audit is not None:
             self.audit.record(operation="pin", domain=d.domain, instance_uuid=d.instance_uuid,
                               serial_seen=d.serial_current, serial_wanted=winner, verdict=d.verdict, rule=d.rule,

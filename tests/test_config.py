@@ -130,3 +130,23 @@ def test_a_bad_value_hidden_by_a_later_file_is_still_an_error(tmp_path):
     with pytest.raises(ConfigError, match="'nope' is not a UUID") as err:
         load_config(str(main))
     assert err.value.line == 4
+
+
+def test_metrics_are_off_by_default_and_read_when_set(tmp_path):
+    assert load_config(str(write(tmp_path / "hookd.conf", "[policy]\n"))).metrics.textfile_dir == ""
+    cfg = load_config(str(write(tmp_path / "hookd.conf",
+                                "[metrics]\ntextfile_dir = /var/lib/prometheus/node-exporter\ninterval = 5\n")))
+    assert (cfg.metrics.textfile_dir, cfg.metrics.interval) == ("/var/lib/prometheus/node-exporter", 5.0)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("textfile_dir = node-exporter", ":2: expected an absolute path, got 'node-exporter'"),
+    ("interval = 0.5", ":2: expected a number from 1 to 3600, got '0.5'"),
+    ("interval = often", ":2: expected a number, got 'often'"),
+    ("listen = :9100", ":2: unknown key 'listen' in [metrics] (known: textfile_dir, interval, socket)"),
+])
+def test_a_bad_metrics_value_names_file_line_and_reason(tmp_path, body, message):
+    path = write(tmp_path / "hookd.conf", f"[metrics]\n{body}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert str(err.value) == f"{path}{message}"

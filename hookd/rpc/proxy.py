@@ -54,7 +54,9 @@ class LibvirtProxy:
     definitions_rewritten (forwarded changed), errors (``on_error`` calls),
     protocol_errors (sessions dropped for malformed traffic), upstream_failures
     (clients closed because libvirtd could not be reached), clients_over_limit
-    (connections closed at once because ``max_clients`` sessions were open).
+    (connections closed at once because ``max_clients`` sessions were open),
+    upstream_up (1 after a connection to libvirtd succeeded, 0 after one failed, None
+    before the first: the metrics' hookd_proxy_upstream_up; no probing of our own).
     """
 
     def __init__(self, *, listen_path: str | None, upstream_path: "str | Callable[[], str]",
@@ -93,6 +95,7 @@ class LibvirtProxy:
             "protocol_errors": 0,
             "upstream_failures": 0,
             "clients_over_limit": 0,
+            "upstream_up": None,
         }
         self._interceptor = Interceptor(rewrite, on_error, max_message=max_message,
                                         stats=self.stats, log=self._log)
@@ -210,9 +213,11 @@ class LibvirtProxy:
                 await asyncio.wait_for(self._loop.sock_connect(upstream, path), self.connect_timeout)
             except (OSError, asyncio.TimeoutError) as err:
                 self.stats["upstream_failures"] += 1
+                self.stats["upstream_up"] = 0
                 self._log.warning("closing client %s: upstream %s unreachable: %s",
                                   peer, path, err or "timeout")
                 return
+            self.stats["upstream_up"] = 1
             if self._closing:
                 return
             self._counter += 1

@@ -25,6 +25,11 @@ Domains it leaves alone, each reported as `skipped` with the reason:
     STOPPED event since, for up to HOOK_HOLD_S: its start or incoming migration
     is not over yet.
 Those marked `retry` are worth another look a moment later.
+
+It also keeps each domain's compliance state as last seen (`states`: compliant,
+drift = saved definition out of policy and not fixed, not-nova), one entry per domain
+defined here: a sweep drops the domains it no longer lists, `forget` an undefined one.
+The daemon exports it as hookd_domain_state (hookd.metrics).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ ACTION_FIXED = "fixed"
 ACTION_WOULD_FIX = "would-fix"
 ACTION_COMPLIANT = "compliant"
 ACTION_SKIPPED = "skipped"
+STATE_COMPLIANT, STATE_DRIFT, STATE_NOT_NOVA = "compliant", "drift", "not-nova"
 
 #: A hook call holds off work on its domain until its STARTED (or STOPPED) event,
 #: or this long: a denied start raises no event at all.
@@ -76,6 +82,8 @@ class Item:
     serial_policy: Optional[str] = None
     detail: str = ""
     retry: bool = False
+    #: compliant, drift or not-nova when the saved definition was decided; None otherwise.
+    state: Optional[str] = None
 
     def as_dict(self) -> dict:
         return {"action": self.action, "domain": self.domain, "instance_uuid": self.instance_uuid,
@@ -94,12 +102,13 @@ def plan(xml: bytes, config: Config, name: str, pin: Optional[str] = None) -> Tu
     except HookdError as err:
         return None, Item(ACTION_SKIPPED, name, None, detail=f"cannot read the saved definition: {err}")
     d = ev.decision
-    item = Item(ACTION_COMPLIANT, d.domain, d.instance_uuid, d.serial_current, d.serial_policy, d.reason)
+    item = Item(ACTION_COMPLIANT, d.domain, d.instance_uuid, d.serial_current, d.serial_policy, d.reason,
+                state=STATE_COMPLIANT)
     if d.verdict == VERDICT_REWRITE and ev.xml is not None:
-        item.action = ACTION_WOULD_FIX
+        item.action, item.state = ACTION_WOULD_FIX, STATE_DRIFT
     elif d.verdict != VERDICT_COMPLIANT:
         # not-nova, not-applicable: hookd has no say over this domain.
-        item.action = ACTION_SKIPPED
+        item.action, item.state = ACTION_SKIPPED, STATE_NOT_NOVA
         item.detail = f"{d.verdict}: {d.reason}"
     return ev, item
 
@@ -150,6 +159,17 @@ class Reconciler:
         self.sweeps = 0
         self.fixed = 0
         self.last_sweep: Optional[dict] = None
+        #: Unix time of the last sweep that fixed (not a dry run) to the end.
+        self.last_success: Optional[float] = None
+        #: instance UUID -> (domain name, state): bounded by the domains defined here.
+        self.states: Dict[str, Tuple[str, str]] = {}
+        #: Bumped when `states` changes: the worker sends the map only then.
+        self.states_version = 0
+
+    def forget(self, instance_uuid: str) -> None:
+        """The domain was undefined: it has no state any more."""
+        if self.states.pop(instance_uuid.lower(), None) is not None:
+            self.states_version += 1
 
     # ------------------------------------------------------------- hook holds
     def note_hook(self, instance_uuid: str, op: str, when: Optional[float] = None) -> None:
@@ -189,7 +209,13 @@ class Reconciler:
         if self._domain_lock is None:
             self._domain_lock = asyncio.Lock()
         async with self._domain_lock:
-            return await self._reconcile(dom, fix, why)
+            item = await self._reconcile(dom, fix, why)
+        if item.state is not None and item.instance_uuid:
+            key, value = item.instance_uuid.lower(), (item.domain, item.state)
+            if self.states.get(key) != value:
+                self.states[key] = value
+                self.states_version += 1
+        return item
 
     async def _reconcile(self, dom, fix: bool, why: str) -> Item:
         name, uuid = dom.name(), dom.UUIDString()
@@ -211,14 +237,14 @@ class Reconciler:
             log.debug("define failure details", exc_info=True)
             self._row(ev, "failed", f"{why}: libvirt refused the redefinition: {err}")
             return Item(ACTION_SKIPPED, name, uuid, d.serial_current, d.serial_policy,
-                        f"libvirt refused the redefinition: {err}")
+                        f"libvirt refused the redefinition: {err}", state=STATE_DRIFT)
         self.fixed += 1
         detail = (f"{why}: saved definition now carries {d.serial_policy!r} for the next cold boot"
                   + ("; the running guest keeps its serial until then" if self._active(dom) else ""))
         log.info("reconcile instance %s (%s): saved serial %r -> %r (%s); %s", uuid, name,
                  d.serial_current, d.serial_policy, d.rule, why)
         self._row(ev, ACTION_FIXED, detail)
-        return Item(ACTION_FIXED, name, uuid, d.serial_current, d.serial_policy, detail)
+        return Item(ACTION_FIXED, name, uuid, d.serial_current, d.serial_policy, detail, state=STATE_COMPLIANT)
 
     async def _assess(self, dom, name: str, uuid: str, before: Optional[Item] = None):
         """(Evaluation or None, Item): what a fix of this domain would do right now.
@@ -332,6 +358,12 @@ class Reconciler:
             for i in items:
                 counts[i.action] = counts.get(i.action, 0) + 1
             self.sweeps += 1
+            listed = {d.UUIDString().lower() for d in doms}
+            kept = {u: st for u, st in self.states.items() if u in listed}
+            if len(kept) != len(self.states):
+                self.states, self.states_version = kept, self.states_version + 1
+            if fix:
+                self.last_success = time.time()
             self.last_sweep = {"time": now_iso(), "why": why, "dry_run": not fix, "checked": len(items),
                                "seconds": round(self._clock() - t0, 3), **counts}
             changed = counts.get(ACTION_FIXED if fix else ACTION_WOULD_FIX, 0)
@@ -342,4 +374,9 @@ class Reconciler:
             return items
 
     def stats(self) -> dict:
-        return {"sweeps": self.sweeps, "fixed": self.fixed, "last_sweep": self.last_sweep}
+        return {"sweeps": self.sweeps, "fixed": self.fixed, "last_sweep": self.last_sweep,
+                "last_success": self.last_success}
+
+    def domain_states(self) -> dict:
+        """instance UUID -> [domain, state], as the worker sends it to the daemon."""
+        return {u: [name, state] for u, (name, state) in self.states.items()}

@@ -87,6 +87,7 @@ class WorkerSupervisor:
         #: every resync the worker sends goes through it, so each boot is recorded once.
         self.ledger = BootLedger.from_rows(audit.latest_lifecycle())
         self.resyncs = 0
+        self._domains: dict = {}
         self._reported: dict = {
             "events": {"uri": None, "connected": False, "reconnects": 0, "events": 0, "last_error": None},
             "reconcile": {"sweeps": 0, "fixed": 0, "last_sweep": None},
@@ -253,6 +254,9 @@ class WorkerSupervisor:
         if msg.events is not None:
             self._reported["events"] = msg.events
         if msg.reconcile is not None:
+            domains = msg.reconcile.pop("domains", None)
+            if isinstance(domains, dict):       # sent only when they changed
+                self._domains = domains
             self._reported["reconcile"] = msg.reconcile
 
     def _on_pin(self, msg: m.PinRequest) -> None:
@@ -315,6 +319,11 @@ class WorkerSupervisor:
             events["connected"] = False
             events["last_error"] = f"libvirt worker not running ({self._down_reason})"
         return {"events": events, "reconcile": dict(self._reported["reconcile"])}
+
+    def domain_states(self) -> dict:
+        """instance UUID -> [domain, state], as the worker's reconciler last reported them
+        (the metrics' hookd_domain_state; kept while the worker is away)."""
+        return self._domains
 
     async def reconcile(self, dry_run: bool) -> m.ReconcileOutcome:
         """`hookctl reconcile`, run by the worker; an ErrorReply when it cannot be."""

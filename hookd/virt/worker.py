@@ -81,6 +81,7 @@ class Worker:
         #: instance UUID -> (why, first asked): domains to reconcile one by one.
         self._domain_work: "OrderedDict[str, Tuple[str, float]]" = OrderedDict()
         self._status_handle: Optional[asyncio.TimerHandle] = None
+        self._states_sent = -1
         self._tasks: list = []
         self.exit_code = 0
         # Made in run(), inside the running loop: on Python 3.9 an asyncio object made
@@ -119,7 +120,12 @@ class Worker:
 
     def _send_status(self) -> None:
         self._status_handle = None
-        self._send(m.WorkerStatus(**self.status()))
+        st = self.status()
+        if self.reconciler is not None and self.reconciler.states_version != self._states_sent:
+            # Per-domain states (the metrics' hookd_domain_state) only when they changed.
+            self._states_sent = self.reconciler.states_version
+            st["reconcile"]["domains"] = self.reconciler.domain_states()
+        self._send(m.WorkerStatus(**st))
 
     async def _read_daemon(self) -> None:
         try:
@@ -220,6 +226,8 @@ class Worker:
                 continue
             stamp, dom, event, detail = item
             name, detail_name = event_names(event, detail)
+            if name == "undefined":
+                self.reconciler.forget(dom.UUIDString())
             if name in RECORDED:
                 try:
                     self._record(**await self.rows.event_row(stamp, dom, name, detail_name))
