@@ -32,6 +32,10 @@ ALLOWED = {
     "hookd.ledger": {"hookd.errors"},
     # The compliance report folds audit rows and last boots: pure, like the ledger it uses.
     "hookd.report": {"hookd.errors", "hookd.ledger"},
+    # Metrics are counted from every layer, so they import nothing above them; only the
+    # exporter binds its socket as hookd binds the others.
+    "hookd.metrics": {"hookd.errors", "hookd.metrics"},
+    "hookd.metrics.exporter": {"hookd.errors", "hookd.metrics", "hookd.ipc.listener"},
 }
 #: Only these may talk to libvirt (the worker process and the read-only commands).
 LIBVIRT_CLIENTS = ("hookd.virt", "hookd.cli")
