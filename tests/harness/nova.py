@@ -98,6 +98,7 @@ class NovaCompute:
         self.proc: Optional[subprocess.Popen] = None
         self.instance_name: Optional[str] = None
         self.timings: dict = {}
+        self.boots_read = 0                 # console logs read (and moved aside) by the test
         root_disk = self.dir / "root-disk.raw"
         with open(root_disk, "wb") as f:
             f.truncate(ROOT_DISK_BYTES)

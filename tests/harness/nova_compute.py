@@ -63,13 +63,21 @@ class StubVirtAPI(virtapi.VirtAPI):
 
 
 def stub_persistence() -> None:
-    """Stub of the DB/conductor: Instance.save keeps the changes in memory; the instance has
-    no block device mappings, virtual interfaces or share mappings.
+    """Stub of the DB/conductor: Instance.save keeps the changes in memory; the compute
+    service is registered and enabled; the instance has no block device mappings, virtual
+    interfaces or share mappings.
     No database is configured, so any other persistence call fails loudly."""
 
     def save(self, *args, **kwargs):
         self.obj_reset_changes(recursive=True)
     objects.Instance.save = save
+
+    # The compute service record the driver enables/disables with libvirt's connection:
+    # found, enabled; a change is kept in memory.
+    service = objects.Service(host=CONF.host, binary="nova-compute", topic="compute", disabled=False,
+                              disabled_reason=None, forced_down=False)
+    service.save = lambda: service.obj_reset_changes()
+    objects.Service.get_by_compute_host = classmethod(lambda cls, context, host, use_slave=False: service)
 
     # The per-instance lists the driver reads: none of each (image-backed, no volumes,
     # no ports, no shares).
