@@ -51,6 +51,8 @@ import time
 import uuid as uuidlib
 from typing import Optional
 
+import pytest
+
 from tests.harness.libvirt_host import cache_root
 from tests.harness.run import REPO
 from tests.harness.venv import ensure_venv
@@ -69,8 +71,15 @@ def nova_venv_dir() -> pathlib.Path:
 
 
 def ensure_nova_venv() -> pathlib.Path:
-    """The venv's python with Nova installed (built once per machine under a file lock)."""
-    return ensure_venv(nova_venv_dir(), NOVA_PACKAGES, NOVA_CHECK, f"Nova {NOVA_VERSION}")
+    """The venv's python with Nova installed (built once per machine under a file lock).
+    pytest.fail with ONE line (pip's last error) if it cannot be built, e.g. without PyPI."""
+    try:
+        return ensure_venv(nova_venv_dir(), NOVA_PACKAGES, NOVA_CHECK, f"Nova {NOVA_VERSION}")
+    except pytest.fail.Exception as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR:")] or lines[-1:]
+    pytest.fail(f"cannot build the Nova {NOVA_VERSION} venv in {nova_venv_dir()} with "
+                f"pip install {' '.join(NOVA_PACKAGES)} (is PyPI reachable?): {errors[-1]}", pytrace=False)
 
 
 class NovaError(AssertionError):
@@ -159,6 +168,11 @@ enabled = false
         self.proc.stdin.write((json.dumps({"op": op, **kw}) + "\n").encode())
         self.proc.stdin.flush()
         return self._answer(op, timeout)
+
+    def lifecycle_events(self) -> list:
+        """(instance uuid, transition) of every lifecycle event Nova's driver emitted so far
+        (it turns libvirt's domain events, relayed by the proxy, into these)."""
+        return [(e["uuid"], e["transition"]) for e in self.call("events", timeout=30)["events"]]
 
     def _answer(self, op: str, timeout: float) -> dict:
         deadline = time.monotonic() + timeout

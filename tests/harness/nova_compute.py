@@ -14,6 +14,8 @@ config)::
     {"op": "reboot", "type": "HARD"|"SOFT"}
     {"op": "power_off"} / {"op": "power_on"}
     {"op": "destroy"}               -> LibvirtDriver.destroy(..., destroy_disks=True)
+    {"op": "events"}                -> {"events": [{"uuid", "transition"}]}: the lifecycle
+                                       events the driver emitted (from libvirt's events)
     {"op": "quit"}
     reply: {"ok": true, "op": ..., "seconds": ...} or {"ok": false, "error": "...", "traceback": "..."}
 
@@ -188,6 +190,9 @@ def main() -> int:
 
     t0 = time.monotonic()
     drv = libvirt_driver.LibvirtDriver(StubVirtAPI(), read_only=False)
+    events = []                    # what the compute manager's handle_events would get
+    drv.register_event_listener(lambda ev: events.append(
+        {"uuid": ev.get_instance_uuid(), "transition": ev.get_name()}))
     drv.init_host(CONF.host)
     reply.write(json.dumps({"ok": True, "op": "init_host", "seconds": round(time.monotonic() - t0, 2),
                             "instance_name": instance.name}) + "\n")
@@ -200,6 +205,7 @@ def main() -> int:
         "power_on": lambda cmd: drv.power_on(ctx, instance, network_info, block_device_info=None),
         "destroy": lambda cmd: drv.destroy(ctx, instance, network_info, block_device_info=None,
                                            destroy_disks=True),
+        "events": lambda cmd: {"events": list(events)},
     }
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -208,8 +214,8 @@ def main() -> int:
             break
         t0 = time.monotonic()
         try:
-            ops[cmd["op"]](cmd)
-            answer = {"ok": True}
+            result = ops[cmd["op"]](cmd)
+            answer = {"ok": True, **(result if isinstance(result, dict) else {})}
         except Exception as err:
             answer = {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
         answer.update(op=cmd["op"], seconds=round(time.monotonic() - t0, 2))

@@ -60,6 +60,8 @@ def test_spawn_boots_the_guest_with_the_policy_serial(nova_stack, record_propert
     assert prepares(d, nova.uuid) == [("allow", nova.uuid)]
     started = wait_for(lambda: d.audit(instance=nova.uuid, operation="started"), 15, "hookd's started row")
     assert (started[0]["action"], started[0]["serial_seen"]) == ("booted", nova.uuid)
+    # libvirt's domain events reach Nova through the proxy (its power-state sync needs them)
+    wait_for(lambda: (nova.uuid, "Started") in nova.lifecycle_events(), 15, "Nova's Started lifecycle event")
     record_property("nova_seconds", nova.timings)
 
 
@@ -83,6 +85,8 @@ def test_power_off_then_power_on(nova_stack, record_property):
     assert guest_serial(host, nova) == nova.uuid
     nova.call("power_off")
     assert host.virsh("domstate", nova.instance_name).stdout.strip() == "shut off"
+    wait_for(lambda: (nova.uuid, "Stopped") in nova.lifecycle_events(), 30,
+             "Nova's Stopped lifecycle event (nova-compute delays it 15 s)")
     assert nova.instance_name not in host.qemu_pids()
     nova.call("power_on")                                        # Nova: a hard reboot of a stopped guest
     assert nova_wrote_host_serial(nova) == 2
