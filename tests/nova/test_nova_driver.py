@@ -96,6 +96,27 @@ def test_power_off_then_power_on(nova_stack, record_property):
     record_property("nova_seconds", nova.timings)
 
 
+def test_soft_reboot_shuts_down_and_starts_the_saved_definition(nova_stack, acpi_guest_image, record_property):
+    """Nova's real soft reboot: shutdown (the ACPI guest powers off), then start of the
+    definition libvirt saved at spawn -- no new XML, so hookd's rewrite at define must last."""
+    host, d, nova = nova_stack(image=acpi_guest_image)
+    nova.call("spawn")
+    assert guest_serial(host, nova) == nova.uuid
+    assert "HOOKD-ACPI-READY=" in nova.console_log.with_name("console.log.read-0").read_text(errors="replace")
+    before = qemu_pid(host, nova)
+    nova.call("reboot", type="SOFT")
+    log = nova.log.read_text(errors="replace")
+    assert "Instance shutdown successfully." in log and "Instance soft rebooted successfully." in log
+    assert "Trying hard reboot" not in log
+    assert "HOOKD-ACPI-POWER-BUTTON" in nova.console_log.with_name("console.log.read-0").read_text(errors="replace")
+    assert qemu_pid(host, nova) != before
+    assert nova_wrote_host_serial(nova) == 1                     # no regenerated XML
+    assert guest_serial(host, nova) == nova.uuid
+    assert defines(d, nova.uuid) == [("rewritten", HOST_SERIAL, nova.uuid)]
+    assert prepares(d, nova.uuid) == [("allow", nova.uuid)] * 2
+    record_property("nova_seconds", nova.timings)
+
+
 def test_soft_reboot_falls_back_to_hard_reboot_with_the_policy_serial(nova_stack, record_property):
     """The busybox guest ignores ACPI shutdown, so Nova's soft reboot (shutdown, wait
     ``wait_soft_reboot_seconds`` = 5) gives up and hard-reboots: a regenerated XML again."""
