@@ -11,7 +11,7 @@ $HOOKD_TEST_CACHE/nova-<version> (default /var/cache/hookd-tests), built once pe
 under a file lock by tests/harness/venv.py and reused while ``import nova.virt.libvirt.driver``
 works there. Nova's dependencies pull a cryptography newer than Debian's, with which
 Debian's pyOpenSSL 23 fails at import (eventlet imports OpenSSL.SSL): a newer pyOpenSSL
-goes into the venv too. No PyPI -> the test FAILS with one line naming the pip command.
+goes into the venv too. No PyPI -> the test FAILS with one line (pip's last error).
 To move the pin: change NOVA_VERSION (the venv directory is named after it, so the next
 run builds a fresh one; delete the old directory by hand).
 
@@ -20,9 +20,15 @@ destroy), its XML generation (``[libvirt] sysinfo_serial = hardware``: the seria
 libvirtd's host UUID), its image backend (``images_type = raw``, i.e. Flat: the disk,
 kernel and initrd are copied from its image cache into the instance directory), its
 oslo.config configuration, libvirtd, virtlogd, QEMU (TCG), hookd with its proxy, and the
-shim with ``on_mismatch = deny``. The guest is the busybox guest of tests/harness/guest.py
-booted the way Nova boots an AMI-style image (the image's ``kernel_id``/``ramdisk_id``,
-``os_command_line = console=ttyS0``), printing its DMI serial into Nova's console.log.
+shim with ``on_mismatch = deny``, and the lifecycle events Nova's driver makes of libvirt's
+domain events (through the proxy; the test reads what would reach the compute manager).
+The guest is the busybox guest of tests/harness/guest.py (or its ACPI-aware variant,
+tests/harness/acpi_guest.py, which powers off on a shutdown request) booted the way Nova
+boots an AMI-style image (the image's ``kernel_id``/``ramdisk_id``, ``os_command_line =
+console=ttyS0 quiet``), printing its DMI serial into Nova's console.log.
+
+Not exercised yet: the paused start of spawn (Nova pauses only while it waits for Neutron's
+vif-plugged events, and there are no ports), resize, rebuild, rescue, live migration.
 
 Stubbed, each in one function of nova_compute.py, because it is not libvirt:
 
@@ -31,10 +37,15 @@ Stubbed, each in one function of nova_compute.py, because it is not libvirt:
   own cache names; any download attempt raises.
 * ``StubVirtAPI`` -- nova-compute's ComputeVirtAPI (Neutron's vif-plugged events,
   placement): the instance has no ports (``network_info = []``), so Nova never waits for
-  an event and spawn does not start the guest paused.
+  an event and spawn does not start the guest paused; asking for placement raises.
 * ``stub_persistence`` -- the DB/conductor/objects persistence: ``Instance.save`` keeps
-  changes in memory, the block device mapping list is empty; the DB API is disabled, so any
-  other persistence call fails the operation loudly.
+  changes in memory; the compute service record is found, enabled; the instance's block
+  device mappings, virtual interfaces and share mappings are none. No database is
+  configured, so any other persistence call fails the operation loudly (oslo.db's
+  "No sql_connection parameter is established").
+* the instance itself is built in memory (``make_instance``) as nova-conductor would have
+  created it: flavor m1.nano (128 MiB, 1 vCPU, root_gb 0), the image's metadata in its
+  system_metadata as the API puts it there.
 * ``run_privsep_in_process`` -- oslo.privsep's rootwrap'd helper daemon: the driver
   process is root, so privileged calls run in-process.
 """
