@@ -11,6 +11,8 @@ audit shows the rewrite of Nova's definition.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.harness.guest import read_guest_serial
@@ -45,6 +47,10 @@ def guest_serial(host, nova, timeout: float = 90) -> str:
     return serial
 
 
+def proxy_status(d) -> dict:
+    return json.loads(d.hookctl("status", "--socket", d.socket, "--json").stdout)["proxy"]
+
+
 def qemu_pid(host, nova) -> int:
     return host.qemu_pids()[nova.instance_name]
 
@@ -58,6 +64,8 @@ def test_spawn_boots_the_guest_with_the_policy_serial(nova_stack, record_propert
     assert f"<entry name='serial'>{nova.uuid}</entry>" in saved and HOST_SERIAL not in saved
     assert defines(d, nova.uuid) == [("rewritten", HOST_SERIAL, nova.uuid)]
     assert prepares(d, nova.uuid) == [("allow", nova.uuid)]
+    st = proxy_status(d)                                         # Nova's one connection is the proxy's
+    assert (st["clients_connected"], st["definitions_rewritten"]) == (1, 1)
     started = wait_for(lambda: d.audit(instance=nova.uuid, operation="started"), 15, "hookd's started row")
     assert (started[0]["action"], started[0]["serial_seen"]) == ("booted", nova.uuid)
     # libvirt's domain events reach Nova through the proxy (its power-state sync needs them)
@@ -76,6 +84,7 @@ def test_hard_reboot_regenerates_the_host_serial_and_the_guest_keeps_the_policy_
     assert guest_serial(host, nova) == nova.uuid
     assert defines(d, nova.uuid) == [("rewritten", HOST_SERIAL, nova.uuid)] * 2
     assert prepares(d, nova.uuid) == [("allow", nova.uuid)] * 2
+    assert proxy_status(d)["definitions_rewritten"] == 2
     record_property("nova_seconds", nova.timings)
 
 
