@@ -8,11 +8,11 @@ import pytest
 from tests.harness.fixtures import (  # noqa: F401  (fixtures)
     guest_image,
     hookd_factory,
+    hookd_stack,
     libvirt_hosts,
 )
-from tests.harness.fixtures import hookd_stack  # noqa: F401
-from tests.harness.nova import HOST_SERIAL, NovaCompute, ensure_nova_venv
 from tests.harness.fixtures import require_libvirt_environment
+from tests.harness.nova import HOST_SERIAL, NovaCompute, ensure_nova_venv
 
 
 @pytest.fixture(scope="session")
