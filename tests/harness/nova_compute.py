@@ -1,0 +1,229 @@
+"""Nova's real libvirt driver as a small process the tests talk to (run by the Nova venv's python).
+
+    <venv>/bin/python -P tests/harness/nova_compute.py --config-file nova.conf --setup setup.json
+
+This is NOT imported by the tests (they run Debian's python without Nova): it is the
+program tests/harness/nova.py starts (with -P: this directory holds
+tests/harness/nova.py, which must not shadow the ``nova`` package). It loads ``nova.virt.libvirt.driver.LibvirtDriver``
+from the installed Nova, calls ``init_host``, then reads one JSON command per line on
+stdin and answers one JSON line on its reply pipe (the original stdout; everything
+else the process prints goes to stderr, Nova's own log goes to the log file in the
+config)::
+
+    {"op": "spawn"}                 -> LibvirtDriver.spawn(...)
+    {"op": "reboot", "type": "HARD"|"SOFT"}
+    {"op": "power_off"} / {"op": "power_on"}
+    {"op": "destroy"}               -> LibvirtDriver.destroy(..., destroy_disks=True)
+    {"op": "events"}                -> {"events": [{"uuid", "transition"}]}: the lifecycle
+                                       events the driver emitted (from libvirt's events)
+    {"op": "quit"}
+    reply: {"ok": true, "op": ..., "seconds": ...} or {"ok": false, "error": "...", "traceback": "..."}
+
+What is real and what is stubbed is described ONCE, in tests/harness/nova.py's
+docstring; the stubs themselves are the functions named ``stub_*`` below.
+"""
+
+from nova import monkey_patch; monkey_patch.patch(backend='threading')  # noqa: E702  (as nova-compute)
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+
+import nova.conf  # noqa: E402
+from nova import config, context as nova_context, objects  # noqa: E402
+from nova.network import model as network_model  # noqa: E402
+from nova.virt import virtapi  # noqa: E402
+from oslo_log import log as logging  # noqa: E402
+
+CONF = nova.conf.CONF
+
+
+class StubVirtAPI(virtapi.VirtAPI):
+    """Stub of nova-compute's ComputeVirtAPI: Neutron's external events never come (there
+    are no ports), placement is never asked."""
+
+    @contextlib.contextmanager
+    def wait_for_instance_event(self, instance, event_names, **kwargs):
+        if event_names:
+            raise RuntimeError(f"stub virtapi: no Neutron here, cannot wait for {event_names}")
+        yield
+
+    def exit_wait_early(self, events):
+        pass
+
+    def update_compute_provider_status(self, context, rp_uuid, enabled):
+        pass
+
+    @property
+    def reportclient(self):
+        raise RuntimeError("stub virtapi: no placement here")
+
+
+def stub_persistence() -> None:
+    """Stub of the DB/conductor: Instance.save keeps the changes in memory; the compute
+    service is registered and enabled; the instance has no block device mappings, virtual
+    interfaces or share mappings.
+    No database is configured, so any other persistence call fails loudly."""
+
+    def save(self, *args, **kwargs):
+        self.obj_reset_changes(recursive=True)
+    objects.Instance.save = save
+
+    # The compute service record the driver enables/disables with libvirt's connection:
+    # found, enabled; a change is kept in memory.
+    service = objects.Service(host=CONF.host, binary="nova-compute", topic="compute", disabled=False,
+                              disabled_reason=None, forced_down=False)
+    service.save = lambda: service.obj_reset_changes()
+    objects.Service.get_by_compute_host = classmethod(lambda cls, context, host, use_slave=False: service)
+
+    # The per-instance lists the driver reads: none of each (image-backed, no volumes,
+    # no ports, no shares).
+    for list_cls in (objects.BlockDeviceMappingList, objects.VirtualInterfaceList, objects.ShareMappingList):
+        def none_of_them(cls, context, instance_uuid, *args, **kwargs):
+            return cls(objects=[])
+        list_cls.get_by_instance_uuid = classmethod(none_of_them)
+
+
+def stub_glance() -> None:
+    """Stub of Glance's download: every image is pre-placed in Nova's image cache
+    (<instances_path>/_base), so a download attempt is a test failure."""
+    from nova.virt import images
+    from nova.virt.libvirt import utils as libvirt_utils
+
+    def refuse(context, target, image_id, *args, **kwargs):
+        raise RuntimeError(f"stub glance: image {image_id} should have been in the image cache ({target})")
+    images.fetch = refuse
+    images.fetch_to_raw = refuse
+    libvirt_utils.fetch_image = refuse
+    libvirt_utils.fetch_raw_image = refuse
+
+
+def run_privsep_in_process() -> None:
+    """This process runs as root (as the tests do): privsep's entry points run in-process
+    instead of through a rootwrap'd privsep-helper daemon."""
+    import nova.privsep
+    nova.privsep.sys_admin_pctxt.set_client_mode(False)
+    try:
+        import os_brick.privileged
+        os_brick.privileged.default.set_client_mode(False)
+    except ImportError:
+        pass
+
+
+def place_images(setup: dict) -> None:
+    """Put the guest's kernel, initrd and root disk into Nova's image cache, under the
+    names Nova's own imagecache.get_cache_fname gives their image ids."""
+    from nova.virt.libvirt import imagecache
+    base = os.path.join(CONF.instances_path, CONF.image_cache.subdirectory_name)
+    os.makedirs(base, exist_ok=True)
+    for key in ("image", "kernel", "ramdisk"):
+        src = setup["files"][key]
+        dst = os.path.join(base, imagecache.get_cache_fname(setup[f"{key}_id"]))
+        if not os.path.exists(dst):
+            shutil.copyfile(src, dst)
+
+
+def make_instance(setup: dict, ctx):
+    """The instance nova-conductor would have created (kept in memory only)."""
+    from nova import utils
+    flavor = objects.Flavor(
+        id=1, flavorid="1", name="m1.nano", memory_mb=setup.get("memory_mb", 128), vcpus=1,
+        root_gb=0, ephemeral_gb=0, swap=0, extra_specs={}, rxtx_factor=1.0, vcpu_weight=0,
+        is_public=True, disabled=False, description=None)
+    image_meta = setup["image_meta"]
+    inst = objects.Instance(
+        context=ctx, id=setup["instance_id"], uuid=setup["uuid"], display_name=setup.get("display_name", "vm-1"),
+        hostname=setup.get("display_name", "vm-1"), project_id=ctx.project_id, user_id=ctx.user_id,
+        image_ref=setup["image_id"], kernel_id=setup["kernel_id"], ramdisk_id=setup["ramdisk_id"],
+        flavor=flavor, old_flavor=None, new_flavor=None, instance_type_id=flavor.id,
+        memory_mb=flavor.memory_mb, vcpus=flavor.vcpus, root_gb=0, ephemeral_gb=0,
+        host=CONF.host, node=CONF.host, launched_on=CONF.host, availability_zone="nova",
+        vm_state="building", task_state="spawning", power_state=0, os_type=None,
+        architecture="x86_64", vm_mode=None, config_drive="", key_data=None, key_name=None,
+        root_device_name=None, default_ephemeral_device=None, default_swap_device=None,
+        system_metadata=utils.get_system_metadata_from_image(image_meta, flavor),
+        numa_topology=None, pci_requests=objects.InstancePCIRequests(requests=[]),
+        pci_devices=objects.PciDeviceList(objects=[]), vcpu_model=None, ephemeral_key_uuid=None,
+        trusted_certs=None, resources=None, device_metadata=None, migration_context=None,
+        keypairs=objects.KeyPairList(objects=[]), tags=objects.TagList(objects=[]),
+        services=objects.ServiceList(objects=[]), metadata={}, info_cache=objects.InstanceInfoCache(network_info=network_model.NetworkInfo([])),
+        security_groups=objects.SecurityGroupList(objects=[]),
+        access_ip_v4=None, access_ip_v6=None, launch_index=0, hidden=False, cleaned=False,
+        shutdown_terminate=False, disable_terminate=False, locked=False, locked_by=None,
+        auto_disk_config=False, progress=0, user_data=None, reservation_id="r-stub",
+        ec2_ids=objects.EC2Ids(instance_id="i-00000001", ami_id="ami-00000001"), deleted=False, created_at=None, updated_at=None, launched_at=None,
+        terminated_at=None, deleted_at=None, display_description=None, compute_id=None)
+    inst.obj_reset_changes(recursive=True)
+    return inst
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config-file", required=True)
+    ap.add_argument("--setup", required=True)
+    args = ap.parse_args()
+    reply = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)                                      # stray prints must not reach the reply pipe
+    with open(args.setup) as f:
+        setup = json.load(f)
+
+    config.parse_args(["nova-compute", "--config-file", args.config_file])
+    logging.setup(CONF, "nova")
+    nova.conf.neutron.register_dynamic_opts(CONF)      # as nova-compute's manager does
+    objects.register_all()
+    run_privsep_in_process()
+    stub_persistence()
+    stub_glance()
+    place_images(setup)
+
+    from nova.virt.libvirt import driver as libvirt_driver
+    ctx = nova_context.RequestContext(user_id="stub-user", project_id="stub-project",
+                                      auth_token="stub-token", is_admin=True)
+    image_meta = objects.ImageMeta.from_dict(setup["image_meta"])
+    instance = make_instance(setup, ctx)
+    network_info = network_model.NetworkInfo([])
+
+    t0 = time.monotonic()
+    drv = libvirt_driver.LibvirtDriver(StubVirtAPI(), read_only=False)
+    events = []                    # what the compute manager's handle_events would get
+    drv.register_event_listener(lambda ev: events.append(
+        {"uuid": ev.get_instance_uuid(), "transition": ev.get_name()}))
+    drv.init_host(CONF.host)
+    reply.write(json.dumps({"ok": True, "op": "init_host", "seconds": round(time.monotonic() - t0, 2),
+                            "instance_name": instance.name}) + "\n")
+
+    ops = {
+        "spawn": lambda cmd: drv.spawn(ctx, instance, image_meta, [], None, {}, network_info=network_info,
+                                       block_device_info=None),
+        "reboot": lambda cmd: drv.reboot(ctx, instance, network_info, cmd["type"], block_device_info=None),
+        "power_off": lambda cmd: drv.power_off(instance, timeout=cmd.get("timeout", 0)),
+        "power_on": lambda cmd: drv.power_on(ctx, instance, network_info, block_device_info=None),
+        "destroy": lambda cmd: drv.destroy(ctx, instance, network_info, block_device_info=None,
+                                           destroy_disks=True),
+        "events": lambda cmd: {"events": list(events)},
+    }
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "quit":
+            reply.write(json.dumps({"ok": True, "op": "quit"}) + "\n")
+            break
+        t0 = time.monotonic()
+        try:
+            result = ops[cmd["op"]](cmd)
+            answer = {"ok": True, **(result if isinstance(result, dict) else {})}
+        except Exception as err:
+            answer = {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+        answer.update(op=cmd["op"], seconds=round(time.monotonic() - t0, 2))
+        reply.write(json.dumps(answer) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stderr.flush()
+    os._exit(code)          # libvirt's event thread (not a daemon thread) would keep the process alive

@@ -1,0 +1,51 @@
+"""Fixtures of the nova suite: Nova's own libvirt driver (tests/harness/nova.py) against a
+namespaced libvirtd fronted by hookd's proxy, with the shim in on_mismatch = deny."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness.fixtures import (  # noqa: F401  (fixtures)
+    guest_image,
+    hookd_factory,
+    hookd_stack,
+    libvirt_hosts,
+)
+from tests.harness.fixtures import require_libvirt_environment
+from tests.harness.nova import HOST_SERIAL, NovaCompute, ensure_nova_venv
+
+
+@pytest.fixture(scope="session")
+def nova_python():
+    """The Nova venv's python (built on first use; fails, never skips, without PyPI)."""
+    return ensure_nova_venv()
+
+
+@pytest.fixture(scope="session")
+def acpi_guest_image():
+    """The busybox guest that also powers off on the ACPI power button (tests/harness/acpi_guest.py)."""
+    require_libvirt_environment()
+    from tests.harness.acpi_guest import ensure_acpi_guest_image
+    return ensure_acpi_guest_image()
+
+
+@pytest.fixture
+def nova_stack(hookd_stack, nova_python, guest_image, tmp_path):
+    """Factory make(via="proxy", image=guest_image) -> (host, hookd, nova): a libvirtd whose host UUID is
+    HOST_SERIAL, hookd (proxy on, shim deny) and Nova's driver process started (init_host
+    done) with connection_uri = hookd's proxy (via="proxy") or libvirt's own socket
+    (via="libvirt", the contrast). The driver is stopped by pid at teardown, before the
+    libvirtd (which destroys what is left)."""
+    made = []
+
+    def make(via: str = "proxy", image=None):
+        host, d = hookd_stack(config_extra="[enforce]\non_mismatch = deny\n", host_uuid=HOST_SERIAL)
+        uri = f"qemu+unix:///system?socket={d.proxy_socket}" if via == "proxy" else host.uri
+        nova = NovaCompute(nova_python, tmp_path / "nova", connection_uri=uri, guest_image=image or guest_image)
+        made.append(nova)
+        nova.start()
+        return host, d, nova
+
+    yield make
+    for nova in made:
+        nova.stop()
