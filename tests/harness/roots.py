@@ -75,7 +75,7 @@ LIBVIRT_PACKAGES = ("libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-cli
                     "qemu-system-x86")
 
 UNIT_ARGS = ("tests", "--ignore=tests/integration", "--ignore=tests/reliability",
-             "--ignore=tests/platforms")
+             "--ignore=tests/platforms", "--ignore=tests/nova")
 #: The integration tests that exercise libvirt itself, run where a root has libvirt: the
 #: hook path (shim -> hookd, guests printing their serial), the proxy in front of the
 #: root's libvirtd (define/migrate rewrites, pass-through of everything else) and the
