@@ -359,6 +359,9 @@ def test_undecodable_define_is_forwarded_and_reported(env):
         assert raw.call(3).header.status == Status.OK  # CONNECT_GET_TYPE: session still fine
     finally:
         raw.close()
+    # The runner reports the error on its stdout, read by another thread: libvirtd's answer
+    # can reach this client first (seen under load), so wait for the line, then compare all.
+    proxy.wait_line(lambda l: "on_error" in l, 15, "the proxy's on_error report")
     assert [l for l in proxy.rewrites() if "on_error" in l] == [
         {"on_error": "define", "exc": "XdrError", "xml_len": 0}]
 
