@@ -106,12 +106,17 @@ class NovaCompute:
     """
 
     def __init__(self, python: pathlib.Path, workdir: pathlib.Path, *, connection_uri: str, guest_image,
-                 instance_uuid: Optional[str] = None, instance_id: int = 1, host: str = "compute-a"):
+                 instance_uuid: Optional[str] = None, instance_id: int = 1, host: str = "compute-a",
+                 my_ip: str = "127.0.0.1", instances: Optional[pathlib.Path] = None,
+                 peer_libvirt_uris: Optional[dict] = None):
         self.python = python
         self.dir = pathlib.Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.uuid = instance_uuid or str(uuidlib.uuid4())
-        self.instances = self.dir / "instances"
+        self.host = host
+        self.my_ip = my_ip
+        # a second host given the first one's instances path shares it (as over NFS)
+        self.instances = pathlib.Path(instances) if instances else self.dir / "instances"
         self.log = self.dir / "nova.log"
         self.config = self.dir / "nova.conf"
         self.setup = self.dir / "setup.json"
@@ -122,13 +127,15 @@ class NovaCompute:
         root_disk = self.dir / "root-disk.raw"
         with open(root_disk, "wb") as f:
             f.truncate(ROOT_DISK_BYTES)
-        image_id, kernel_id, ramdisk_id = (str(uuidlib.uuid4()) for _ in range(3))
+        # derived from the instance: the same instance on a second host has the same images
+        image_id, kernel_id, ramdisk_id = (str(uuidlib.uuid5(uuidlib.UUID(self.uuid), k))
+                                           for k in ("image", "kernel", "ramdisk"))
         self.config.write_text(f"""[DEFAULT]
 host = {host}
 instances_path = {self.instances}
 state_path = {self.dir / 'state'}
 compute_driver = libvirt.LibvirtDriver
-my_ip = 127.0.0.1
+my_ip = {my_ip}
 debug = true
 log_file = {self.log}
 use_stderr = false
@@ -140,12 +147,14 @@ virt_type = qemu
 sysinfo_serial = hardware
 images_type = raw
 wait_soft_reboot_seconds = 5
+live_migration_inbound_addr = {my_ip}
 [vnc]
 enabled = false
 [workarounds]
 """)
         self.setup.write_text(json.dumps({
             "uuid": self.uuid, "instance_id": instance_id, "display_name": "vm-1",
+            "peer_libvirt_uris": peer_libvirt_uris or {},
             "image_id": image_id, "kernel_id": kernel_id, "ramdisk_id": ramdisk_id,
             "files": {"image": str(root_disk), "kernel": str(guest_image.kernel),
                       "ramdisk": str(guest_image.initrd)},
