@@ -50,6 +50,8 @@ from nova import config, context as nova_context, objects  # noqa: E402
 from nova.network import model as network_model  # noqa: E402
 from nova.virt import virtapi  # noqa: E402
 from oslo_log import log as logging  # noqa: E402
+from oslo_serialization import jsonutils  # noqa: E402
+from oslo_utils import uuidutils  # noqa: E402
 
 CONF = nova.conf.CONF
 
@@ -76,7 +78,7 @@ class StubVirtAPI(virtapi.VirtAPI):
 
 
 def stub_persistence() -> None:
-    """Stub of the DB/conductor: Instance.save keeps the changes in memory; the compute
+    """Stub of the DB/conductor: Instance.save and Migration.save keep the changes in memory; the compute
     service is registered and enabled; the instance has no block device mappings, virtual
     interfaces or share mappings.
     No database is configured, so any other persistence call fails loudly."""
@@ -84,6 +86,7 @@ def stub_persistence() -> None:
     def save(self, *args, **kwargs):
         self.obj_reset_changes(recursive=True)
     objects.Instance.save = save
+    objects.Migration.save = save                  # live migration's monitor records progress
 
     # The compute service record the driver enables/disables with libvirt's connection:
     # found, enabled; a change is kept in memory.
@@ -160,6 +163,21 @@ def stub_host_network(drv, setup: dict) -> None:
     drv._network_api.has_port_binding_extension = lambda context: False
 
 
+def add_unsafe_to_live_migration_flags() -> None:
+    """The one change to what Nova asks libvirt: VIR_MIGRATE_UNSAFE added to the live
+    migration flags Nova computed. The two hosts share their instances_path (so Nova needs
+    no block migration, and rightly says so), but it is a local file system, which libvirt
+    detects and refuses: "Unsafe migration: Migration without shared storage is unsafe"
+    (a real NFS mount would pass that check)."""
+    import libvirt
+    from nova.virt.libvirt import guest as libvirt_guest
+    migrate = libvirt_guest.Guest.migrate
+
+    def migrate_unsafe(self, destination, *args, flags=0, **kwargs):
+        return migrate(self, destination, *args, flags=flags | libvirt.VIR_MIGRATE_UNSAFE, **kwargs)
+    libvirt_guest.Guest.migrate = migrate_unsafe
+
+
 def flavor(memory_mb: int):
     return objects.Flavor(
         id=memory_mb, flavorid=str(memory_mb), name=f"m1.{memory_mb}", memory_mb=memory_mb, vcpus=1,
@@ -232,6 +250,7 @@ def main() -> int:
     stub_persistence()
     stub_glance()
     stub_remotefs()
+    add_unsafe_to_live_migration_flags()
     place_images(setup)
 
     from nova.virt.libvirt import driver as libvirt_driver
@@ -267,7 +286,8 @@ def main() -> int:
         "unrescue": lambda cmd: drv.unrescue(ctx, instance),
         "suspend": lambda cmd: drv.suspend(ctx, instance),
         "resume": lambda cmd: drv.resume(ctx, instance, network_info, block_device_info=None),
-        "cpu_info": lambda cmd: {"cpu_info": drv._get_cpu_info()},
+        # as the resource tracker reports it (compute node's cpu_info: a JSON string)
+        "cpu_info": lambda cmd: {"cpu_info": jsonutils.dumps(drv._get_cpu_info())},
     }
 
     def resize_to(cmd):
@@ -308,10 +328,16 @@ def main() -> int:
 
     def live_migration(cmd):
         done = {}
+        migrate_data = unprim(cmd)
+        # the compute manager's live_migration hands its Migration record to the driver
+        migrate_data.migration = objects.Migration(
+            uuid=uuidutils.generate_uuid(), source_compute=CONF.host, dest_compute=cmd["dest"],
+            source_node=CONF.host, dest_node=cmd["dest"], migration_type="live-migration",
+            status="running", instance_uuid=instance.uuid)
         drv.live_migration(ctx, instance, cmd["dest"],
                            lambda *a, **k: done.setdefault("post", True),
                            lambda *a, **k: done.setdefault("recover", True),
-                           block_migration=False, migrate_data=unprim(cmd))
+                           block_migration=False, migrate_data=migrate_data)
         return {"post": done.get("post", False), "recover": done.get("recover", False)}
 
     ops.update({
@@ -341,7 +367,7 @@ def main() -> int:
         except Exception as err:
             answer = {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
         answer.update(op=cmd["op"], seconds=round(time.monotonic() - t0, 2))
-        reply.write(json.dumps(answer) + "\n")
+        reply.write(jsonutils.dumps(answer) + "\n")       # oslo's: object primitives hold sets
     return 0
 
 
