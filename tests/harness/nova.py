@@ -16,19 +16,36 @@ To move the pin: change NOVA_VERSION (the venv directory is named after it, so t
 run builds a fresh one; delete the old directory by hand).
 
 Real in these tests: Nova's LibvirtDriver (init_host, spawn, reboot, power_off/on,
-destroy), its XML generation (``[libvirt] sysinfo_serial = hardware``: the serial is the
-libvirtd's host UUID), its image backend (``images_type = raw``, i.e. Flat: the disk,
-kernel and initrd are copied from its image cache into the instance directory), its
-oslo.config configuration, libvirtd, virtlogd, QEMU (TCG), hookd with its proxy, and the
-shim with ``on_mismatch = deny``, and the lifecycle events Nova's driver makes of libvirt's
-domain events (through the proxy; the test reads what would reach the compute manager).
+destroy, rescue/unrescue, suspend/resume, migrate_disk_and_power_off, finish_migration,
+finish_revert_migration, check_can_live_migrate_destination/source, pre_live_migration,
+live_migration with its monitor, post_live_migration_at_destination), its XML generation
+(``[libvirt] sysinfo_serial = hardware``: the serial is the libvirtd's host UUID), its image
+backend (``images_type = raw``, i.e. Flat: the disk, kernel and initrd are copied from its
+image cache into the instance directory), its shared-storage detection, its oslo.config
+configuration, libvirtd, virtlogd, QEMU (TCG), hookd with its proxy, and the shim with
+``on_mismatch = deny``, and the lifecycle events Nova's driver makes of libvirt's domain
+events (through the proxy; the test reads what would reach the compute manager). A second
+compute host is a second libvirtd (another host UUID), hookd and driver process
+(``host``/``my_ip`` compute-b/127.0.0.2); for the migrations the two share one
+instances_path (``instances``), as over NFS. The test plays the compute manager: it calls
+the driver methods in the manager's order on the host the manager would, and sets what the
+manager sets on the instance (old/new flavor, the Migration record).
 The guest is the busybox guest of tests/harness/guest.py (or its ACPI-aware variant,
-tests/harness/acpi_guest.py, which powers off on a shutdown request) booted the way Nova
+tests/harness/acpi_guest.py, which powers off on a shutdown request, or its ttyS0 variant,
+tests/harness/ttys0_guest.py, for rescue's forced console=hvc0) booted the way Nova
 boots an AMI-style image (the image's ``kernel_id``/``ramdisk_id``, ``os_command_line =
 console=ttyS0 quiet``), printing its DMI serial into Nova's console.log.
 
-Not exercised yet: the paused start of spawn (Nova pauses only while it waits for Neutron's
-vif-plugged events, and there are no ports), resize, rebuild, rescue, live migration.
+Not exercised: the paused start of spawn (Nova pauses only while it waits for Neutron's
+vif-plugged events, and there are no ports), rebuild (the libvirt driver has none: the
+compute manager destroys and spawns), shelve/unshelve as such (snapshot upload to Glance,
+then spawn: the test spawns on the other host), confirm_migration, block migration (the
+hosts share storage), and live migration's rollback.
+
+Changed in what Nova asks libvirt (``add_unsafe_to_live_migration_flags``): VIR_MIGRATE_UNSAFE
+is added to Nova's live migration flags, because the shared instances_path is a local file
+system, which libvirt refuses ("Unsafe migration: Migration without shared storage is
+unsafe"); on real NFS it would not.
 
 Stubbed, each in one function of nova_compute.py, because it is not libvirt:
 
@@ -38,14 +55,24 @@ Stubbed, each in one function of nova_compute.py, because it is not libvirt:
 * ``StubVirtAPI`` -- nova-compute's ComputeVirtAPI (Neutron's vif-plugged events,
   placement): the instance has no ports (``network_info = []``), so Nova never waits for
   an event and spawn does not start the guest paused; asking for placement raises.
-* ``stub_persistence`` -- the DB/conductor/objects persistence: ``Instance.save`` keeps
-  changes in memory; the compute service record is found, enabled; the instance's block
+* ``stub_persistence`` -- the DB/conductor/objects persistence: ``Instance.save`` and
+  ``Migration.save`` keep changes in memory; the compute service record is found, enabled; the instance's block
   device mappings, virtual interfaces and share mappings are none. No database is
   configured, so any other persistence call fails the operation loudly (oslo.db's
   "No sql_connection parameter is established").
 * the instance itself is built in memory (``make_instance``) as nova-conductor would have
   created it: flavor m1.nano (128 MiB, 1 vCPU, root_gb 0), the image's metadata in its
   system_metadata as the API puts it there.
+* ``stub_remotefs`` -- Nova's ssh/rsync remote filesystem (cold migration's "create the
+  instance directory on the destination", its shared-storage probe, its disk copy): both
+  hosts are this machine, so each command runs locally on the path after ``host:``. With
+  the shared instances_path Nova's own probe finds the storage shared, so the disk copy is
+  a local ``cp`` by Nova itself and no ssh command is ever needed.
+* ``stub_host_network`` -- what lies between the hosts: Nova's ``qemu+tcp://ADDR/system``
+  for live migration's peer-to-peer connection becomes the destination libvirtd's unix
+  socket (``peer_libvirt_uris``, by the address ``live_migration_inbound_addr`` gives);
+  QEMU's own migration stream is real TCP (``tcp://127.0.0.2``). Neutron's port-binding
+  extension is absent (no ports).
 * ``run_privsep_in_process`` -- oslo.privsep's rootwrap'd helper daemon: the driver
   process is root, so privileged calls run in-process.
 """
@@ -106,12 +133,17 @@ class NovaCompute:
     """
 
     def __init__(self, python: pathlib.Path, workdir: pathlib.Path, *, connection_uri: str, guest_image,
-                 instance_uuid: Optional[str] = None, instance_id: int = 1, host: str = "compute-a"):
+                 instance_uuid: Optional[str] = None, instance_id: int = 1, host: str = "compute-a",
+                 my_ip: str = "127.0.0.1", instances: Optional[pathlib.Path] = None,
+                 peer_libvirt_uris: Optional[dict] = None):
         self.python = python
         self.dir = pathlib.Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.uuid = instance_uuid or str(uuidlib.uuid4())
-        self.instances = self.dir / "instances"
+        self.host = host
+        self.my_ip = my_ip
+        # a second host given the first one's instances path shares it (as over NFS)
+        self.instances = pathlib.Path(instances) if instances else self.dir / "instances"
         self.log = self.dir / "nova.log"
         self.config = self.dir / "nova.conf"
         self.setup = self.dir / "setup.json"
@@ -122,13 +154,15 @@ class NovaCompute:
         root_disk = self.dir / "root-disk.raw"
         with open(root_disk, "wb") as f:
             f.truncate(ROOT_DISK_BYTES)
-        image_id, kernel_id, ramdisk_id = (str(uuidlib.uuid4()) for _ in range(3))
+        # derived from the instance: the same instance on a second host has the same images
+        image_id, kernel_id, ramdisk_id = (str(uuidlib.uuid5(uuidlib.UUID(self.uuid), k))
+                                           for k in ("image", "kernel", "ramdisk"))
         self.config.write_text(f"""[DEFAULT]
 host = {host}
 instances_path = {self.instances}
 state_path = {self.dir / 'state'}
 compute_driver = libvirt.LibvirtDriver
-my_ip = 127.0.0.1
+my_ip = {my_ip}
 debug = true
 log_file = {self.log}
 use_stderr = false
@@ -140,12 +174,14 @@ virt_type = qemu
 sysinfo_serial = hardware
 images_type = raw
 wait_soft_reboot_seconds = 5
+live_migration_inbound_addr = {my_ip}
 [vnc]
 enabled = false
 [workarounds]
 """)
         self.setup.write_text(json.dumps({
             "uuid": self.uuid, "instance_id": instance_id, "display_name": "vm-1",
+            "peer_libvirt_uris": peer_libvirt_uris or {},
             "image_id": image_id, "kernel_id": kernel_id, "ramdisk_id": ramdisk_id,
             "files": {"image": str(root_disk), "kernel": str(guest_image.kernel),
                       "ramdisk": str(guest_image.initrd)},

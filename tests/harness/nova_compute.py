@@ -13,7 +13,18 @@ config)::
     {"op": "spawn"}                 -> LibvirtDriver.spawn(...)
     {"op": "reboot", "type": "HARD"|"SOFT"}
     {"op": "power_off"} / {"op": "power_on"}
-    {"op": "destroy"}               -> LibvirtDriver.destroy(..., destroy_disks=True)
+    {"op": "destroy", "destroy_disks": true}
+    {"op": "rescue"} / {"op": "unrescue"}       (the rescue image is the instance's own image)
+    {"op": "suspend"} / {"op": "resume"}        (managed save, and the start that restores it)
+    {"op": "migrate_disk_and_power_off", "dest": IP, "memory_mb": N}   -> {"disk_info": ...}
+    {"op": "finish_migration", "disk_info": ..., "source": HOST, "memory_mb": N}
+    {"op": "finish_revert_migration"}
+    {"op": "check_can_live_migrate_destination", "src_cpu_info": ...} -> {"migrate_data": primitive}
+    {"op": "check_can_live_migrate_source", "migrate_data": ...}      -> {"migrate_data": ...}
+    {"op": "pre_live_migration", "migrate_data": ...}                  -> {"migrate_data": ...}
+    {"op": "live_migration", "dest": HOST, "migrate_data": ...}       -> {"post": bool, "recover": bool}
+    {"op": "post_live_migration_at_destination"}
+    {"op": "cpu_info"}              -> {"cpu_info": the JSON the resource tracker reports}
     {"op": "events"}                -> {"events": [{"uuid", "transition"}]}: the lifecycle
                                        events the driver emitted (from libvirt's events)
     {"op": "quit"}
@@ -39,6 +50,8 @@ from nova import config, context as nova_context, objects  # noqa: E402
 from nova.network import model as network_model  # noqa: E402
 from nova.virt import virtapi  # noqa: E402
 from oslo_log import log as logging  # noqa: E402
+from oslo_serialization import jsonutils  # noqa: E402
+from oslo_utils import uuidutils  # noqa: E402
 
 CONF = nova.conf.CONF
 
@@ -65,7 +78,7 @@ class StubVirtAPI(virtapi.VirtAPI):
 
 
 def stub_persistence() -> None:
-    """Stub of the DB/conductor: Instance.save keeps the changes in memory; the compute
+    """Stub of the DB/conductor: Instance.save and Migration.save keep the changes in memory; the compute
     service is registered and enabled; the instance has no block device mappings, virtual
     interfaces or share mappings.
     No database is configured, so any other persistence call fails loudly."""
@@ -73,6 +86,7 @@ def stub_persistence() -> None:
     def save(self, *args, **kwargs):
         self.obj_reset_changes(recursive=True)
     objects.Instance.save = save
+    objects.Migration.save = save                  # live migration's monitor records progress
 
     # The compute service record the driver enables/disables with libvirt's connection:
     # found, enabled; a change is kept in memory.
@@ -113,6 +127,62 @@ def run_privsep_in_process() -> None:
         os_brick.privileged.default.set_client_mode(False)
     except ImportError:
         pass
+
+
+def stub_remotefs() -> None:
+    """Stub of Nova's ssh/rsync "remote filesystem" (RemoteFilesystem, used by cold migration
+    to create the instance directory on the destination, to probe for shared storage and to
+    copy disks): both compute hosts are this machine, so each command runs here, on the
+    path after ``host:``. With the shared instances_path of these tests, Nova's own probe
+    (create a file "on the destination", see it locally) finds the storage shared."""
+    import subprocess
+    from nova.virt.libvirt.volume import remotefs
+
+    def local(path):
+        return path.split(":", 1)[1] if ":" in path else path
+    remotefs.RemoteFilesystem.create_file = lambda self, host, dst, *a, **k: open(dst, "a").close()
+    remotefs.RemoteFilesystem.remove_file = lambda self, host, dst, *a, **k: os.unlink(dst)
+    remotefs.RemoteFilesystem.create_dir = lambda self, host, dst, *a, **k: os.makedirs(dst, exist_ok=True)
+    remotefs.RemoteFilesystem.remove_dir = lambda self, host, dst, *a, **k: shutil.rmtree(dst)
+    remotefs.RemoteFilesystem.copy_file = lambda self, src, dst, *a, **k: subprocess.run(
+        ["cp", "-r", local(src), local(dst)], check=True)
+
+
+def stub_host_network(drv, setup: dict) -> None:
+    """Stubs of what lies between the two compute hosts of one machine: the destination's
+    libvirtd is reached on its unix socket (setup's ``peer_libvirt_uris``, by the address
+    Nova would put into qemu+tcp://ADDR/system), and Neutron's port-binding extension is
+    absent (there are no ports)."""
+    peers = setup.get("peer_libvirt_uris", {})
+
+    def uri(dest):
+        if dest not in peers:
+            raise RuntimeError(f"stub host network: no libvirtd known at {dest!r} ({peers})")
+        return peers[dest]
+    drv._live_migration_uri = uri
+    drv._network_api.has_port_binding_extension = lambda context: False
+
+
+def add_unsafe_to_live_migration_flags() -> None:
+    """The one change to what Nova asks libvirt: VIR_MIGRATE_UNSAFE added to the live
+    migration flags Nova computed. The two hosts share their instances_path (so Nova needs
+    no block migration, and rightly says so), but it is a local file system, which libvirt
+    detects and refuses: "Unsafe migration: Migration without shared storage is unsafe"
+    (a real NFS mount would pass that check)."""
+    import libvirt
+    from nova.virt.libvirt import guest as libvirt_guest
+    migrate = libvirt_guest.Guest.migrate
+
+    def migrate_unsafe(self, destination, *args, flags=0, **kwargs):
+        return migrate(self, destination, *args, flags=flags | libvirt.VIR_MIGRATE_UNSAFE, **kwargs)
+    libvirt_guest.Guest.migrate = migrate_unsafe
+
+
+def flavor(memory_mb: int):
+    return objects.Flavor(
+        id=memory_mb, flavorid=str(memory_mb), name=f"m1.{memory_mb}", memory_mb=memory_mb, vcpus=1,
+        root_gb=0, ephemeral_gb=0, swap=0, extra_specs={}, rxtx_factor=1.0, vcpu_weight=0,
+        is_public=True, disabled=False, description=None)
 
 
 def place_images(setup: dict) -> None:
@@ -179,6 +249,8 @@ def main() -> int:
     run_privsep_in_process()
     stub_persistence()
     stub_glance()
+    stub_remotefs()
+    add_unsafe_to_live_migration_flags()
     place_images(setup)
 
     from nova.virt.libvirt import driver as libvirt_driver
@@ -194,6 +266,7 @@ def main() -> int:
     drv.register_event_listener(lambda ev: events.append(
         {"uuid": ev.get_instance_uuid(), "transition": ev.get_name()}))
     drv.init_host(CONF.host)
+    stub_host_network(drv, setup)
     reply.write(json.dumps({"ok": True, "op": "init_host", "seconds": round(time.monotonic() - t0, 2),
                             "instance_name": instance.name}) + "\n")
 
@@ -204,9 +277,84 @@ def main() -> int:
         "power_off": lambda cmd: drv.power_off(instance, timeout=cmd.get("timeout", 0)),
         "power_on": lambda cmd: drv.power_on(ctx, instance, network_info, block_device_info=None),
         "destroy": lambda cmd: drv.destroy(ctx, instance, network_info, block_device_info=None,
-                                           destroy_disks=True),
+                                           destroy_disks=cmd.get("destroy_disks", True)),
         "events": lambda cmd: {"events": list(events)},
+        # rescue with the instance's own image as the rescue image (the API's default when
+        # no rescue image is given: instance.image_ref, and its kernel/ramdisk)
+        "rescue": lambda cmd: drv.rescue(ctx, instance, network_info, image_meta, None, None,
+                                         objects.ShareMappingList()),
+        "unrescue": lambda cmd: drv.unrescue(ctx, instance),
+        "suspend": lambda cmd: drv.suspend(ctx, instance),
+        "resume": lambda cmd: drv.resume(ctx, instance, network_info, block_device_info=None),
+        # as the resource tracker reports it (compute node's cpu_info: a JSON string)
+        "cpu_info": lambda cmd: {"cpu_info": jsonutils.dumps(drv._get_cpu_info())},
     }
+
+    def resize_to(cmd):
+        # what the compute manager's resize_instance sets before the driver call
+        instance.old_flavor, instance.new_flavor = instance.flavor, flavor(cmd["memory_mb"])
+        disk_info = drv.migrate_disk_and_power_off(ctx, instance, cmd["dest"], instance.new_flavor,
+                                                   network_info, None, timeout=0, retry_interval=0)
+        return {"disk_info": disk_info}
+
+    def finish_migration(cmd):
+        # the compute manager's _finish_resize: the instance now has the new flavor and host
+        instance.old_flavor, instance.new_flavor = instance.flavor, flavor(cmd["memory_mb"])
+        instance.flavor = instance.new_flavor
+        instance.memory_mb = instance.flavor.memory_mb
+        migration = objects.Migration(source_compute=cmd["source"], dest_compute=CONF.host,
+                                      source_node=cmd["source"], dest_node=CONF.host,
+                                      migration_type="resize", status="migrating")
+        drv.finish_migration(ctx, migration, instance, cmd["disk_info"], network_info, image_meta,
+                             True, {}, block_device_info=None, power_on=True,
+                             share_info=objects.ShareMappingList())
+
+    def finish_revert_migration(cmd):
+        # the compute manager's finish_revert_resize: back to the old flavor
+        instance.flavor = instance.old_flavor
+        instance.memory_mb = instance.flavor.memory_mb
+        migration = objects.Migration(source_compute=CONF.host, dest_compute="?", migration_type="resize",
+                                      status="reverting")
+        drv.finish_revert_migration(ctx, instance, network_info, migration, block_device_info=None,
+                                    power_on=True, share_info=objects.ShareMappingList())
+
+    from nova.objects import base as objects_base
+
+    def prim(data):
+        return {"migrate_data": data.obj_to_primitive()}
+
+    def unprim(cmd):
+        return objects_base.NovaObject.obj_from_primitive(cmd["migrate_data"])
+
+    def live_migration(cmd):
+        done = {}
+        migrate_data = unprim(cmd)
+        # the compute manager's live_migration hands its Migration record to the driver
+        migrate_data.migration = objects.Migration(
+            uuid=uuidutils.generate_uuid(), source_compute=CONF.host, dest_compute=cmd["dest"],
+            source_node=CONF.host, dest_node=cmd["dest"], migration_type="live-migration",
+            status="running", instance_uuid=instance.uuid)
+        drv.live_migration(ctx, instance, cmd["dest"],
+                           lambda *a, **k: done.setdefault("post", True),
+                           lambda *a, **k: done.setdefault("recover", True),
+                           block_migration=False, migrate_data=migrate_data)
+        return {"post": done.get("post", False), "recover": done.get("recover", False)}
+
+    ops.update({
+        "migrate_disk_and_power_off": resize_to,
+        "finish_migration": finish_migration,
+        "finish_revert_migration": finish_revert_migration,
+        "check_can_live_migrate_destination": lambda cmd: prim(drv.check_can_live_migrate_destination(
+            ctx, instance, {"cpu_info": cmd["src_cpu_info"]}, {"disk_available_least": 10},
+            block_migration=False, disk_over_commit=False)),
+        "check_can_live_migrate_source": lambda cmd: prim(drv.check_can_live_migrate_source(
+            ctx, instance, unprim(cmd), block_device_info=None)),
+        "pre_live_migration": lambda cmd: prim(drv.pre_live_migration(
+            ctx, instance, None, network_info, None, unprim(cmd))),
+        "live_migration": live_migration,
+        "post_live_migration_at_destination": lambda cmd: drv.post_live_migration_at_destination(
+            ctx, instance, network_info, block_migration=False, block_device_info=None),
+    })
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["op"] == "quit":
@@ -219,7 +367,7 @@ def main() -> int:
         except Exception as err:
             answer = {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
         answer.update(op=cmd["op"], seconds=round(time.monotonic() - t0, 2))
-        reply.write(json.dumps(answer) + "\n")
+        reply.write(jsonutils.dumps(answer) + "\n")       # oslo's: object primitives hold sets
     return 0
 
 

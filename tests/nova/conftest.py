@@ -29,19 +29,36 @@ def acpi_guest_image():
     return ensure_acpi_guest_image()
 
 
+@pytest.fixture(scope="session")
+def ttys0_guest_image():
+    """The busybox guest that prints on ttyS0 whatever /dev/console is (tests/harness/ttys0_guest.py),
+    for Nova's rescue boot."""
+    require_libvirt_environment()
+    from tests.harness.ttys0_guest import ensure_ttys0_guest_image
+    return ensure_ttys0_guest_image()
+
+
 @pytest.fixture
 def nova_stack(hookd_stack, nova_python, guest_image, tmp_path):
-    """Factory make(via="proxy", image=guest_image) -> (host, hookd, nova): a libvirtd whose host UUID is
-    HOST_SERIAL, hookd (proxy on, shim deny) and Nova's driver process started (init_host
-    done) with connection_uri = hookd's proxy (via="proxy") or libvirt's own socket
-    (via="libvirt", the contrast). The driver is stopped by pid at teardown, before the
-    libvirtd (which destroys what is left)."""
+    """Factory make(via="proxy", image=guest_image, name="a", ...) -> (host, hookd, nova): a
+    libvirtd whose host UUID is host_uuid (HOST_SERIAL), hookd (proxy on, shim deny) and
+    Nova's driver process started (init_host done) with connection_uri = hookd's proxy
+    (via="proxy") or libvirt's own socket (via="libvirt", the contrast). A second host
+    (name="b") gets its own host UUID, my_ip and (unless ``instances`` shares the first's)
+    its own instances path; ``uuid`` makes it serve the same instance; ``config_extra`` is
+    appended to hookd's configuration. The drivers are
+    stopped by pid at teardown, before the libvirtds (which destroy what is left)."""
     made = []
 
-    def make(via: str = "proxy", image=None):
-        host, d = hookd_stack(config_extra="[enforce]\non_mismatch = deny\n", host_uuid=HOST_SERIAL)
+    def make(via: str = "proxy", image=None, *, name: str = "a", host_uuid: str = HOST_SERIAL,
+             my_ip: str = "127.0.0.1", uuid=None, instances=None, peer_libvirt_uris=None,
+             config_extra: str = ""):
+        host, d = hookd_stack(name, config_extra="[enforce]\non_mismatch = deny\n" + config_extra,
+                              host_uuid=host_uuid)
         uri = f"qemu+unix:///system?socket={d.proxy_socket}" if via == "proxy" else host.uri
-        nova = NovaCompute(nova_python, tmp_path / "nova", connection_uri=uri, guest_image=image or guest_image)
+        nova = NovaCompute(nova_python, tmp_path / f"nova-{name}", connection_uri=uri,
+                           guest_image=image or guest_image, host=f"compute-{name}", my_ip=my_ip,
+                           instance_uuid=uuid, instances=instances, peer_libvirt_uris=peer_libvirt_uris)
         made.append(nova)
         nova.start()
         return host, d, nova
