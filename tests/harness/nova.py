@@ -135,7 +135,8 @@ class NovaCompute:
     def __init__(self, python: pathlib.Path, workdir: pathlib.Path, *, connection_uri: str, guest_image,
                  instance_uuid: Optional[str] = None, instance_id: int = 1, host: str = "compute-a",
                  my_ip: str = "127.0.0.1", instances: Optional[pathlib.Path] = None,
-                 peer_libvirt_uris: Optional[dict] = None):
+                 peer_libvirt_uris: Optional[dict] = None, concurrency: str = "threading",
+                 sysinfo_serial: str = "hardware"):
         self.python = python
         self.dir = pathlib.Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -150,6 +151,8 @@ class NovaCompute:
         self.proc: Optional[subprocess.Popen] = None
         self.instance_name: Optional[str] = None
         self.timings: dict = {}
+        self.concurrency = concurrency
+        self.concurrency_seen: dict = {}     # what the driver process reported at init_host
         self.boots_read = 0                 # console logs read (and moved aside) by the test
         root_disk = self.dir / "root-disk.raw"
         with open(root_disk, "wb") as f:
@@ -162,6 +165,7 @@ host = {host}
 instances_path = {self.instances}
 state_path = {self.dir / 'state'}
 compute_driver = libvirt.LibvirtDriver
+concurrency_backend = {concurrency}
 my_ip = {my_ip}
 debug = true
 log_file = {self.log}
@@ -171,7 +175,7 @@ lock_path = {self.dir / 'locks'}
 [libvirt]
 connection_uri = {connection_uri}
 virt_type = qemu
-sysinfo_serial = hardware
+sysinfo_serial = {sysinfo_serial}
 images_type = raw
 wait_soft_reboot_seconds = 5
 live_migration_inbound_addr = {my_ip}
@@ -207,6 +211,7 @@ enabled = false
                  "LC_ALL": "C.UTF-8"})
         answer = self._answer("init_host", timeout)
         self.instance_name = answer["instance_name"]
+        self.concurrency_seen = answer["concurrency"]
         return self
 
     def call(self, op: str, timeout: float = 180, **kw) -> dict:
@@ -228,6 +233,8 @@ enabled = false
         while not buf.endswith(b"\n"):
             left = deadline - time.monotonic()
             if left <= 0:
+                self.proc.send_signal(signal.SIGUSR1)    # its threads' stacks into driver.stderr
+                time.sleep(0.5)                          # (best effort: only for the message)
                 raise AssertionError(self._failure(f"no answer to {op} within {timeout}s"))
             ready, _, _ = select.select([fd], [], [], left)
             if ready:
