@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.harness.fixtures import (  # noqa: F401  (fixtures)
+    etcd,
     guest_image,
     hookd_factory,
     hookd_stack,
