@@ -22,7 +22,8 @@ live_migration with its monitor, post_live_migration_at_destination), its XML ge
 (``[libvirt] sysinfo_serial = hardware``: the serial is the libvirtd's host UUID), its image
 backend (``images_type = raw``, i.e. Flat: the disk, kernel and initrd are copied from its
 image cache into the instance directory), its shared-storage detection, its oslo.config
-configuration, libvirtd, virtlogd, QEMU (TCG), hookd with its proxy, and the shim with
+configuration, its concurrency mode (``[DEFAULT] concurrency_backend``: threading, as
+nova-compute defaults to, or eventlet, chosen per driver process), libvirtd, virtlogd, QEMU (TCG), hookd with its proxy, and the shim with
 ``on_mismatch = deny``, and the lifecycle events Nova's driver makes of libvirt's domain
 events (through the proxy; the test reads what would reach the compute manager). A second
 compute host is a second libvirtd (another host UUID), hookd and driver process
@@ -56,7 +57,9 @@ Stubbed, each in one function of nova_compute.py, because it is not libvirt:
   placement): the instance has no ports (``network_info = []``), so Nova never waits for
   an event and spawn does not start the guest paused; asking for placement raises.
 * ``stub_persistence`` -- the DB/conductor/objects persistence: ``Instance.save`` and
-  ``Migration.save`` keep changes in memory; the compute service record is found, enabled; the instance's block
+  ``Migration.save`` keep changes in memory; the compute service record is found, enabled (each
+  change the driver saves to it is kept in a list the test reads: Nova disables it when its
+  libvirt connection is lost); the instance's block
   device mappings, virtual interfaces and share mappings are none. No database is
   configured, so any other persistence call fails the operation loudly (oslo.db's
   "No sql_connection parameter is established").
