@@ -22,7 +22,8 @@ live_migration with its monitor, post_live_migration_at_destination), its XML ge
 (``[libvirt] sysinfo_serial = hardware``: the serial is the libvirtd's host UUID), its image
 backend (``images_type = raw``, i.e. Flat: the disk, kernel and initrd are copied from its
 image cache into the instance directory), its shared-storage detection, its oslo.config
-configuration, libvirtd, virtlogd, QEMU (TCG), hookd with its proxy, and the shim with
+configuration, its concurrency mode (``[DEFAULT] concurrency_backend``: threading, as
+nova-compute defaults to, or eventlet, chosen per driver process), libvirtd, virtlogd, QEMU (TCG), hookd with its proxy, and the shim with
 ``on_mismatch = deny``, and the lifecycle events Nova's driver makes of libvirt's domain
 events (through the proxy; the test reads what would reach the compute manager). A second
 compute host is a second libvirtd (another host UUID), hookd and driver process
@@ -56,7 +57,9 @@ Stubbed, each in one function of nova_compute.py, because it is not libvirt:
   placement): the instance has no ports (``network_info = []``), so Nova never waits for
   an event and spawn does not start the guest paused; asking for placement raises.
 * ``stub_persistence`` -- the DB/conductor/objects persistence: ``Instance.save`` and
-  ``Migration.save`` keep changes in memory; the compute service record is found, enabled; the instance's block
+  ``Migration.save`` keep changes in memory; the compute service record is found, enabled (each
+  change the driver saves to it is kept in a list the test reads: Nova disables it when its
+  libvirt connection is lost); the instance's block
   device mappings, virtual interfaces and share mappings are none. No database is
   configured, so any other persistence call fails the operation loudly (oslo.db's
   "No sql_connection parameter is established").
@@ -135,7 +138,8 @@ class NovaCompute:
     def __init__(self, python: pathlib.Path, workdir: pathlib.Path, *, connection_uri: str, guest_image,
                  instance_uuid: Optional[str] = None, instance_id: int = 1, host: str = "compute-a",
                  my_ip: str = "127.0.0.1", instances: Optional[pathlib.Path] = None,
-                 peer_libvirt_uris: Optional[dict] = None):
+                 peer_libvirt_uris: Optional[dict] = None, concurrency: str = "threading",
+                 sysinfo_serial: str = "hardware"):
         self.python = python
         self.dir = pathlib.Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -150,6 +154,8 @@ class NovaCompute:
         self.proc: Optional[subprocess.Popen] = None
         self.instance_name: Optional[str] = None
         self.timings: dict = {}
+        self.concurrency = concurrency
+        self.concurrency_seen: dict = {}     # what the driver process reported at init_host
         self.boots_read = 0                 # console logs read (and moved aside) by the test
         root_disk = self.dir / "root-disk.raw"
         with open(root_disk, "wb") as f:
@@ -162,6 +168,7 @@ host = {host}
 instances_path = {self.instances}
 state_path = {self.dir / 'state'}
 compute_driver = libvirt.LibvirtDriver
+concurrency_backend = {concurrency}
 my_ip = {my_ip}
 debug = true
 log_file = {self.log}
@@ -171,7 +178,7 @@ lock_path = {self.dir / 'locks'}
 [libvirt]
 connection_uri = {connection_uri}
 virt_type = qemu
-sysinfo_serial = hardware
+sysinfo_serial = {sysinfo_serial}
 images_type = raw
 wait_soft_reboot_seconds = 5
 live_migration_inbound_addr = {my_ip}
@@ -207,6 +214,7 @@ enabled = false
                  "LC_ALL": "C.UTF-8"})
         answer = self._answer("init_host", timeout)
         self.instance_name = answer["instance_name"]
+        self.concurrency_seen = answer["concurrency"]
         return self
 
     def call(self, op: str, timeout: float = 180, **kw) -> dict:
@@ -228,6 +236,8 @@ enabled = false
         while not buf.endswith(b"\n"):
             left = deadline - time.monotonic()
             if left <= 0:
+                self.proc.send_signal(signal.SIGUSR1)    # its threads' stacks into driver.stderr
+                time.sleep(0.5)                          # (best effort: only for the message)
                 raise AssertionError(self._failure(f"no answer to {op} within {timeout}s"))
             ready, _, _ = select.select([fd], [], [], left)
             if ready:

@@ -27,6 +27,13 @@ config)::
     {"op": "cpu_info"}              -> {"cpu_info": the JSON the resource tracker reports}
     {"op": "events"}                -> {"events": [{"uuid", "transition"}]}: the lifecycle
                                        events the driver emitted (from libvirt's events)
+    {"op": "list_instances"}        -> {"instances": [...]}: LibvirtDriver.list_instances, the
+                                       cheapest call that goes through Host.get_connection
+                                       (and so reconnects when libvirt's connection was lost)
+    {"op": "service"}               -> {"history": [[disabled, reason], ...]}: every change the
+                                       driver made to its compute service record (Nova disables
+                                       it when its libvirt connection is lost, enables it again
+                                       when it reconnects)
     {"op": "quit"}
     reply: {"ok": true, "op": ..., "seconds": ...} or {"ok": false, "error": "...", "traceback": "..."}
 
@@ -34,10 +41,15 @@ What is real and what is stubbed is described ONCE, in tests/harness/nova.py's
 docstring; the stubs themselves are the functions named ``stub_*`` below.
 """
 
-from nova import monkey_patch; monkey_patch.patch(backend='threading')  # noqa: E702  (as nova-compute)
+# As nova-compute (nova/cmd/__init__.py): native threading unless nova.conf's [DEFAULT]
+# concurrency_backend (or OS_NOVA_DISABLE_EVENTLET_PATCHING) asks for eventlet; this must run
+# before anything else is imported, so that eventlet's monkey patching (if chosen) is complete.
+from nova import monkey_patch; monkey_patch.patch(backend='threading')  # noqa: E702
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import faulthandler  # noqa: E402
+import signal  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -54,6 +66,27 @@ from oslo_serialization import jsonutils  # noqa: E402
 from oslo_utils import uuidutils  # noqa: E402
 
 CONF = nova.conf.CONF
+#: [disabled, disabled_reason] at each save of the compute service record (stub_persistence)
+SERVICE_HISTORY: list = []
+
+
+def stdin_lines():
+    """The commands, one per line. In eventlet mode stdin is read through eventlet's GreenPipe
+    (as Nova reads its own event pipe): a plain blocking read would block the one native
+    thread that runs every greenthread (Nova's event dispatch and its delayed Stopped event
+    among them) while the test waits between commands. (eventlet's green select.select on
+    fd 0 never returned here; GreenPipe's readline does.) In threading mode: plain stdin."""
+    from nova import monkey_patch
+    if monkey_patch.is_patched():
+        import eventlet.greenio
+        readline = eventlet.greenio.GreenPipe(0, "rb", 0).readline
+    else:
+        readline = sys.stdin.buffer.readline
+    while True:
+        line = readline()
+        if not line:
+            return
+        yield line.decode()
 
 
 class StubVirtAPI(virtapi.VirtAPI):
@@ -92,7 +125,11 @@ def stub_persistence() -> None:
     # found, enabled; a change is kept in memory.
     service = objects.Service(host=CONF.host, binary="nova-compute", topic="compute", disabled=False,
                               disabled_reason=None, forced_down=False)
-    service.save = lambda: service.obj_reset_changes()
+
+    def save_service():
+        SERVICE_HISTORY.append([service.disabled, service.disabled_reason])
+        service.obj_reset_changes()
+    service.save = save_service
     objects.Service.get_by_compute_host = classmethod(lambda cls, context, host, use_slave=False: service)
 
     # The per-instance lists the driver reads: none of each (image-backed, no volumes,
@@ -237,6 +274,9 @@ def main() -> int:
     ap.add_argument("--config-file", required=True)
     ap.add_argument("--setup", required=True)
     args = ap.parse_args()
+    # the test sends SIGUSR1 when an answer does not come: every native thread's stack
+    # then lands in driver.stderr, which the failure message shows
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)                                      # stray prints must not reach the reply pipe
     with open(args.setup) as f:
@@ -267,8 +307,17 @@ def main() -> int:
         {"uuid": ev.get_instance_uuid(), "transition": ev.get_name()}))
     drv.init_host(CONF.host)
     stub_host_network(drv, setup)
+    from nova import monkey_patch, utils as nova_utils
+    import oslo_service.backend
     reply.write(json.dumps({"ok": True, "op": "init_host", "seconds": round(time.monotonic() - t0, 2),
-                            "instance_name": instance.name}) + "\n")
+                            "instance_name": instance.name,
+                            # what this Nova runs on: for the test to check the mode it asked for
+                            "concurrency": {
+                                "eventlet_patched": monkey_patch.is_patched(),
+                                "threading": nova_utils.concurrency_mode_threading(),
+                                "event_handler": type(drv._host._event_handler).__name__,
+                                "service_backend": oslo_service.backend.get_backend_type().name,
+                                "eventlet_imported": "eventlet" in sys.modules}}) + "\n")
 
     ops = {
         "spawn": lambda cmd: drv.spawn(ctx, instance, image_meta, [], None, {}, network_info=network_info,
@@ -279,6 +328,8 @@ def main() -> int:
         "destroy": lambda cmd: drv.destroy(ctx, instance, network_info, block_device_info=None,
                                            destroy_disks=cmd.get("destroy_disks", True)),
         "events": lambda cmd: {"events": list(events)},
+        "list_instances": lambda cmd: {"instances": drv.list_instances()},
+        "service": lambda cmd: {"history": list(SERVICE_HISTORY)},
         # rescue with the instance's own image as the rescue image (the API's default when
         # no rescue image is given: instance.image_ref, and its kernel/ramdisk)
         "rescue": lambda cmd: drv.rescue(ctx, instance, network_info, image_meta, None, None,
@@ -355,7 +406,7 @@ def main() -> int:
         "post_live_migration_at_destination": lambda cmd: drv.post_live_migration_at_destination(
             ctx, instance, network_info, block_migration=False, block_device_info=None),
     })
-    for line in sys.stdin:
+    for line in stdin_lines():
         cmd = json.loads(line)
         if cmd["op"] == "quit":
             reply.write(json.dumps({"ok": True, "op": "quit"}) + "\n")

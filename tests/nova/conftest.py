@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.harness.fixtures import (  # noqa: F401  (fixtures)
+    etcd,
     guest_image,
     hookd_factory,
     hookd_stack,
@@ -46,23 +47,30 @@ def nova_stack(hookd_stack, nova_python, guest_image, tmp_path):
     (via="proxy") or libvirt's own socket (via="libvirt", the contrast). A second host
     (name="b") gets its own host UUID, my_ip and (unless ``instances`` shares the first's)
     its own instances path; ``uuid`` makes it serve the same instance; ``config_extra`` is
-    appended to hookd's configuration. The drivers are
+    appended to hookd's configuration; ``concurrency`` is Nova's ``[DEFAULT] concurrency_backend``
+    (``threading``, nova-compute's default in Nova 34, or ``eventlet``); ``start=False`` leaves
+    the driver process unstarted. ``made`` (the fixture's list) has every driver made, so a
+    test may add its own for teardown. The drivers are
     stopped by pid at teardown, before the libvirtds (which destroy what is left)."""
     made = []
 
     def make(via: str = "proxy", image=None, *, name: str = "a", host_uuid: str = HOST_SERIAL,
              my_ip: str = "127.0.0.1", uuid=None, instances=None, peer_libvirt_uris=None,
-             config_extra: str = ""):
-        host, d = hookd_stack(name, config_extra="[enforce]\non_mismatch = deny\n" + config_extra,
+             config_extra: str = "", concurrency: str = "threading", sysinfo_serial: str = "hardware",
+             on_mismatch: str = "deny", start: bool = True):
+        host, d = hookd_stack(name, config_extra=f"[enforce]\non_mismatch = {on_mismatch}\n" + config_extra,
                               host_uuid=host_uuid)
         uri = f"qemu+unix:///system?socket={d.proxy_socket}" if via == "proxy" else host.uri
         nova = NovaCompute(nova_python, tmp_path / f"nova-{name}", connection_uri=uri,
                            guest_image=image or guest_image, host=f"compute-{name}", my_ip=my_ip,
-                           instance_uuid=uuid, instances=instances, peer_libvirt_uris=peer_libvirt_uris)
+                           instance_uuid=uuid, instances=instances, peer_libvirt_uris=peer_libvirt_uris,
+                           concurrency=concurrency, sysinfo_serial=sysinfo_serial)
         made.append(nova)
-        nova.start()
+        if start:
+            nova.start()
         return host, d, nova
 
+    make.made = made
     yield make
     for nova in made:
         nova.stop()

@@ -1,0 +1,102 @@
+"""Rolling hookd out over guests Nova booted before it, through Nova's own LibvirtDriver:
+``hookctl adopt`` pins each guest to the serial it runs with, hookd runs with ``[policy]
+mode = preserve`` and the etcd pin store (README "Keeping the serials guests already have"),
+and Nova's later operations -- a hard reboot on the same host, a resize to the other host --
+keep that legacy serial, although Nova now writes its host serial into every definition.
+
+The legacy guest: spawned by a Nova configured as older Novas were by default
+(``sysinfo_serial = auto``, i.e. ``os``: the host's /etc/machine-id, as a UUID -- the same
+serial for every guest of that host), on libvirt's own socket, while hookd was stopped (the
+shim, ``on_unreachable = allow``, lets the start through). Then nova-compute is switched to
+hookd's proxy and ``sysinfo_serial = hardware`` (a second driver process on host A for the
+same instance, as a restart of nova-compute with the new nova.conf).
+
+Pins are per host in SQLite; a resize moves the guest to a host that never saw it, so both
+hosts' hookds use one real etcd (tests/harness/etcd_proc.py).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import uuid as uuidlib
+
+import pytest
+
+from tests.harness.guest import read_guest_serial
+from tests.harness.lifecycle import store_conf
+from tests.harness.nova import HOST_SERIAL, NovaCompute
+from tests.harness.run import run_hookctl
+from tests.harness.waiting import wait_for
+from tests.nova.test_nova_driver import defines, prepares
+from tests.nova.test_nova_two_hosts import B_IP, HOST_SERIAL_B, memory_kib, wrote
+
+pytestmark = pytest.mark.libvirt
+
+
+def machine_id_serial() -> str:
+    """What Nova's sysinfo_serial = os writes (driver._get_host_sysinfo_serial_os)."""
+    return str(uuidlib.UUID(pathlib.Path("/etc/machine-id").read_text().split()[0]))
+
+
+def booted_serial(host, nova, expected: str) -> str:
+    """The running guest's own DMI serial (as test_nova_driver.guest_serial, for a serial
+    that is not the instance UUID), then its console log moved aside."""
+    assert f"serial={expected}" in ",".join(host.qemu_cmdline(nova.instance_name))
+    serial = read_guest_serial(nova.console_log, timeout=90)
+    nova.console_log.rename(nova.console_log.with_name(f"console.log.read-{nova.boots_read}"))
+    nova.boots_read += 1
+    return serial
+
+
+def test_adopted_legacy_serial_survives_hard_reboot_and_resize_to_the_other_host(
+        nova_stack, nova_python, guest_image, etcd, tmp_path, record_property):
+    legacy = machine_id_serial()
+    assert legacy not in (HOST_SERIAL, HOST_SERIAL_B)
+    conf = "[policy]\nmode = preserve\n" + store_conf(etcd)
+    uid = str(uuidlib.uuid4())
+    instances = tmp_path / "instances"                           # shared by A and B, as over NFS
+    hb, db, nb = nova_stack(name="b", uuid=uid, host_uuid=HOST_SERIAL_B, my_ip=B_IP, instances=instances,
+                            config_extra=conf)
+    nb.boots_read = 100
+    ha, da, old = nova_stack(via="libvirt", name="a", uuid=uid, instances=instances, sysinfo_serial="os",
+                             config_extra=conf)
+
+    # Before hookd: its daemon is stopped, the shim lets the start through; Nova's own serial
+    da.stop()
+    old.call("spawn")
+    assert booted_serial(ha, old, legacy) == legacy
+    assert defines(da, uid) == [] and prepares(da, uid) == []   # hookd saw nothing of it
+    res = run_hookctl("adopt", "--config", da.config, "--libvirt-uri", ha.uri)
+    assert res.returncode == 0, res.stderr
+    assert f"pinned    {old.instance_name}" in res.stdout.decode(), res.stdout
+    pins = run_hookctl("pins", "--json", "--config", db.config)   # B reads the same etcd
+    assert legacy in pins.stdout.decode(), pins
+    da.start()
+    old.stop()
+
+    # nova-compute restarted on A with hookd's proxy and sysinfo_serial = hardware
+    na = NovaCompute(nova_python, tmp_path / "nova-a-proxy", guest_image=guest_image, instance_uuid=uid,
+                     connection_uri=f"qemu+unix:///system?socket={da.proxy_socket}", host="compute-a",
+                     instances=instances)
+    nova_stack.made.append(na)                                   # stopped at teardown
+    na.boots_read = old.boots_read
+    na.start()
+    na.call("reboot", type="HARD")
+    assert wrote(na, HOST_SERIAL) == 1                           # Nova asked for A's host serial
+    assert booted_serial(ha, na, legacy) == legacy               # the guest keeps its legacy one
+    (define,) = da.audit(instance=uid, operation="define")
+    assert (define["action"], define["serial_seen"], define["serial_wanted"], define["rule"]) \
+        == ("rewritten", HOST_SERIAL, legacy, "pin")
+    assert prepares(da, uid) == [("allow", legacy)]              # deny mode: the pin is the policy
+
+    # resize to B: B's Nova writes B's host serial, B's hookd finds the pin in etcd
+    disk_info = na.call("migrate_disk_and_power_off", dest=B_IP, memory_mb=192)["disk_info"]
+    nb.call("finish_migration", disk_info=disk_info, source="compute-a", memory_mb=192)
+    assert memory_kib(hb, na.instance_name) == str(192 * 1024)
+    assert wrote(nb, HOST_SERIAL_B) == 1
+    assert booted_serial(hb, nb, legacy) == legacy
+    (define,) = db.audit(instance=uid, operation="define")
+    assert (define["action"], define["serial_seen"], define["serial_wanted"], define["rule"]) \
+        == ("rewritten", HOST_SERIAL_B, legacy, "pin")
+    assert prepares(db, uid) == [("allow", legacy)]
+    record_property("nova_seconds", {"a-legacy": old.timings, "a": na.timings, "b": nb.timings})
