@@ -129,3 +129,20 @@ def test_module_is_short_enough_to_read(name, path):
 def test_module_says_what_it_owns(name, path):
     doc = ast.get_docstring(ast.parse(path.read_text()))
     assert doc and len(doc) > 40, f"{path}: no docstring saying what it owns and what it must not do"
+
+
+def test_test_modules_share_helpers_only_through_the_harness():
+    """A test module never imports another test module or a conftest: what tests share
+    lives in tests/harness (README, Development), so running one file never depends on
+    another file's fixtures or order."""
+    tests_dir = PACKAGE.parent / "tests"
+    offenders = []
+    for path in sorted(tests_dir.rglob("*.py")):
+        rel = path.relative_to(tests_dir.parent)
+        if rel.parts[:2] == ("tests", "harness"):
+            continue
+        for name, line in imports(path):
+            if name.startswith("tests.") and not name.startswith("tests.harness"):
+                offenders.append(f"{rel}:{line}: imports {name}")
+    assert offenders == []
+

@@ -11,48 +11,13 @@ audit shows the rewrite of Nova's definition.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.harness.guest import read_guest_serial
 from tests.harness.nova import HOST_SERIAL, NovaError
+from tests.harness.novacheck import defines, guest_serial, nova_wrote_host_serial, prepares, proxy_status, qemu_pid
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.libvirt
-
-
-def nova_wrote_host_serial(nova) -> int:
-    """How many domain XMLs Nova generated with the host serial (its own debug log of them)."""
-    return nova.log.read_text(errors="replace").count(f'<entry name="serial">{HOST_SERIAL}</entry>')
-
-
-def defines(d, uid):
-    return [(r["action"], r["serial_seen"], r["serial_wanted"]) for r in d.audit(instance=uid, operation="define")]
-
-
-def prepares(d, uid):
-    return [(r["action"], r["serial_seen"]) for r in d.audit(instance=uid, operation="prepare")]
-
-
-def guest_serial(host, nova, timeout: float = 90) -> str:
-    """The serial the running guest reads from its own DMI table, on the console Nova set up
-    (console.log, written by virtlogd), then moves that log aside: virtlogd keeps writing
-    the old boot into the moved file, and the next QEMU start creates console.log anew, so
-    the next call can only read a line of the next boot."""
-    assert f"serial={nova.uuid}" in ",".join(host.qemu_cmdline(nova.instance_name))
-    serial = read_guest_serial(nova.console_log, timeout=timeout)
-    nova.console_log.rename(nova.console_log.with_name(f"console.log.read-{nova.boots_read}"))
-    nova.boots_read += 1
-    return serial
-
-
-def proxy_status(d) -> dict:
-    return json.loads(d.hookctl("status", "--socket", d.socket, "--json").stdout)["proxy"]
-
-
-def qemu_pid(host, nova) -> int:
-    return host.qemu_pids()[nova.instance_name]
 
 
 def test_spawn_boots_the_guest_with_the_policy_serial(nova_stack, record_property):

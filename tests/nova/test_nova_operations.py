@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.nova.test_nova_driver import defines, guest_serial, nova_wrote_host_serial, prepares, qemu_pid
+from tests.harness.novacheck import defines, guest_serial, nova_wrote_host_serial, prepares, qemu_pid
 from tests.harness.nova import HOST_SERIAL
 from tests.harness.waiting import wait_for
 

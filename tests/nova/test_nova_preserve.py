@@ -22,13 +22,10 @@ import uuid as uuidlib
 
 import pytest
 
-from tests.harness.guest import read_guest_serial
 from tests.harness.lifecycle import store_conf
 from tests.harness.nova import HOST_SERIAL, NovaCompute
 from tests.harness.run import run_hookctl
-from tests.harness.waiting import wait_for
-from tests.nova.test_nova_driver import defines, prepares
-from tests.nova.test_nova_two_hosts import B_IP, HOST_SERIAL_B, memory_kib, wrote
+from tests.harness.novacheck import B_IP, HOST_SERIAL_B, defines, guest_serial, memory_kib, prepares, wrote
 
 pytestmark = pytest.mark.libvirt
 
@@ -36,16 +33,6 @@ pytestmark = pytest.mark.libvirt
 def machine_id_serial() -> str:
     """What Nova's sysinfo_serial = os writes (driver._get_host_sysinfo_serial_os)."""
     return str(uuidlib.UUID(pathlib.Path("/etc/machine-id").read_text().split()[0]))
-
-
-def booted_serial(host, nova, expected: str) -> str:
-    """The running guest's own DMI serial (as test_nova_driver.guest_serial, for a serial
-    that is not the instance UUID), then its console log moved aside."""
-    assert f"serial={expected}" in ",".join(host.qemu_cmdline(nova.instance_name))
-    serial = read_guest_serial(nova.console_log, timeout=90)
-    nova.console_log.rename(nova.console_log.with_name(f"console.log.read-{nova.boots_read}"))
-    nova.boots_read += 1
-    return serial
 
 
 def test_adopted_legacy_serial_survives_hard_reboot_and_resize_to_the_other_host(
@@ -64,7 +51,7 @@ def test_adopted_legacy_serial_survives_hard_reboot_and_resize_to_the_other_host
     # Before hookd: its daemon is stopped, the shim lets the start through; Nova's own serial
     da.stop()
     old.call("spawn")
-    assert booted_serial(ha, old, legacy) == legacy
+    assert guest_serial(ha, old, expected=legacy) == legacy
     assert defines(da, uid) == [] and prepares(da, uid) == []   # hookd saw nothing of it
     res = run_hookctl("adopt", "--config", da.config, "--libvirt-uri", ha.uri)
     assert res.returncode == 0, res.stderr
@@ -83,7 +70,7 @@ def test_adopted_legacy_serial_survives_hard_reboot_and_resize_to_the_other_host
     na.start()
     na.call("reboot", type="HARD")
     assert wrote(na, HOST_SERIAL) == 1                           # Nova asked for A's host serial
-    assert booted_serial(ha, na, legacy) == legacy               # the guest keeps its legacy one
+    assert guest_serial(ha, na, expected=legacy) == legacy               # the guest keeps its legacy one
     (define,) = da.audit(instance=uid, operation="define")
     assert (define["action"], define["serial_seen"], define["serial_wanted"], define["rule"]) \
         == ("rewritten", HOST_SERIAL, legacy, "pin")
@@ -94,7 +81,7 @@ def test_adopted_legacy_serial_survives_hard_reboot_and_resize_to_the_other_host
     nb.call("finish_migration", disk_info=disk_info, source="compute-a", memory_mb=192)
     assert memory_kib(hb, na.instance_name) == str(192 * 1024)
     assert wrote(nb, HOST_SERIAL_B) == 1
-    assert booted_serial(hb, nb, legacy) == legacy
+    assert guest_serial(hb, nb, expected=legacy) == legacy
     (define,) = db.audit(instance=uid, operation="define")
     assert (define["action"], define["serial_seen"], define["serial_wanted"], define["rule"]) \
         == ("rewritten", HOST_SERIAL_B, legacy, "pin")

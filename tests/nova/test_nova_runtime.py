@@ -22,7 +22,7 @@ import pytest
 
 from tests.harness.nova import HOST_SERIAL, NovaError
 from tests.harness.waiting import wait_for
-from tests.nova.test_nova_driver import defines, guest_serial, nova_wrote_host_serial, prepares, proxy_status, qemu_pid
+from tests.harness.novacheck import defines, guest_serial, nova_wrote_host_serial, prepares, proxy_status, qemu_pid
 
 pytestmark = pytest.mark.libvirt
 

@@ -25,22 +25,9 @@ import pytest
 
 from tests.harness.libvirt_host import pid_alive
 from tests.harness.nova import HOST_SERIAL
-from tests.nova.test_nova_driver import defines, guest_serial, prepares
+from tests.harness.novacheck import B_IP, HOST_SERIAL_B, defines, guest_serial, memory_kib, prepares, wrote
 
 pytestmark = pytest.mark.libvirt
-
-HOST_SERIAL_B = "4c4c4544-0042-3810-8036-c2c04f4b5a42"
-B_IP = "127.0.0.2"
-
-
-def wrote(nova, serial) -> int:
-    """How many domain XMLs this Nova generated with that host serial (its debug log of them)."""
-    return nova.log.read_text(errors="replace").count(f'<entry name="serial">{serial}</entry>')
-
-
-def memory_kib(host, name) -> str:
-    return host.virsh("dumpxml", name).stdout.split("<memory unit='KiB'>", 1)[1].split("<", 1)[0]
-
 
 def two_hosts(nova_stack, tmp_path, *, shared: bool, peer: bool = False):
     """(A, B) as (host, hookd, nova) for one instance; B is made first so that A's Nova can be
