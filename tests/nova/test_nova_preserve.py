@@ -87,3 +87,53 @@ def test_adopted_legacy_serial_survives_hard_reboot_and_resize_to_the_other_host
         == ("rewritten", HOST_SERIAL_B, legacy, "pin")
     assert prepares(db, uid) == [("allow", legacy)]
     record_property("nova_seconds", {"a-legacy": old.timings, "a": na.timings, "b": nb.timings})
+
+
+def test_adopted_legacy_serial_survives_power_cycle_rescue_and_suspend(
+        nova_stack, nova_python, ttys0_guest_image, tmp_path, record_property):
+    """The rest of the one-host matrix for an adopted legacy guest, with the SQLite pin store
+    (one host): power off/on and rescue make Nova write a new XML with its host serial, and
+    hookd's pin puts the legacy serial back; unrescue defines the saved unrescue.xml and
+    resume restores the managed-save image, both carrying the legacy serial already. The
+    ttyS0 guest: rescue forces console=hvc0 (see tests/harness/ttys0_guest.py)."""
+    legacy = machine_id_serial()
+    uid = str(uuidlib.uuid4())
+    instances = tmp_path / "instances"
+    ha, da, old = nova_stack(via="libvirt", image=ttys0_guest_image, uuid=uid, instances=instances,
+                             sysinfo_serial="os", config_extra="[policy]\nmode = preserve\n")
+    da.stop()
+    old.call("spawn")
+    assert guest_serial(ha, old, expected=legacy) == legacy
+    res = run_hookctl("adopt", "--config", da.config, "--libvirt-uri", ha.uri)
+    assert res.returncode == 0, res.stderr
+    da.start()
+    old.stop()
+    na = NovaCompute(nova_python, tmp_path / "nova-a-proxy", guest_image=ttys0_guest_image, instance_uuid=uid,
+                     connection_uri=f"qemu+unix:///system?socket={da.proxy_socket}", host="compute-a",
+                     instances=instances)
+    nova_stack.made.append(na)
+    na.boots_read = old.boots_read
+    na.start()
+
+    na.call("power_off")
+    assert ha.virsh("domstate", na.instance_name).stdout.strip() == "shut off"
+    na.call("power_on")                                          # Nova: a hard reboot, a new XML
+    assert wrote(na) == 1
+    assert guest_serial(ha, na, expected=legacy) == legacy
+    na.call("rescue")                                            # a new XML again (rescue disk first)
+    assert wrote(na) == 2
+    assert "disk.rescue" in ha.virsh("dumpxml", na.instance_name).stdout
+    assert guest_serial(ha, na, expected=legacy) == legacy
+    na.call("unrescue")
+    assert guest_serial(ha, na, expected=legacy) == legacy
+    na.call("suspend")
+    assert "Managed save:   yes" in ha.virsh("dominfo", na.instance_name).stdout
+    na.call("resume")
+    assert guest_serial(ha, na, expected=legacy) == legacy       # the restored guest, still printing
+    assert wrote(na) == 2                                        # unrescue and resume write no XML
+    rows = [(r["action"], r["serial_seen"], r["serial_wanted"], r["rule"])
+            for r in da.audit(instance=uid, operation="define")]
+    assert rows[:2] == [("rewritten", HOST_SERIAL, legacy, "pin")] * 2
+    assert all(r[1:3] == (legacy, legacy) and r[0] == "unchanged" for r in rows[2:]) and len(rows) >= 3, rows
+    assert {a for a, _ in prepares(da, uid)} == {"allow"} and {s for _, s in prepares(da, uid)} == {legacy}
+    record_property("nova_seconds", {"a-legacy": old.timings, "a": na.timings})
