@@ -10,11 +10,9 @@ machine's. Needs root (the integration suites run as root).
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 from tests.harness.hookd_proc import HookdProcess
-from tests.harness.run import REPO, hookd_env
 
 #: Sets the host name inside the new UTS namespace, then becomes the daemon (same pid).
 _EXEC_AS = ("import os, socket, sys; socket.sethostname(sys.argv[1]); "
@@ -26,19 +24,5 @@ class NamedHookd(HookdProcess):
         self.hostname = hostname
         super().__init__(workdir, **kw)
 
-    def start(self, timeout: float = 20.0) -> "NamedHookd":
-        # HookdProcess.start, with the daemon's argv behind unshare (kept in step with it).
-        import socket
-        path = self.dir / "notify.sock"
-        if path.exists():
-            path.unlink()
-        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._notify.bind(str(path))
-        env = hookd_env(NOTIFY_SOCKET=str(path))
-        for var in ("INVOCATION_ID", "JOURNAL_STREAM", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC"):
-            env.pop(var, None)
-        argv = ["unshare", "--uts", sys.executable, "-c", _EXEC_AS, self.hostname, str(self.config)]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
-        self.wait_notification("READY=1", timeout)
-        return self
+    def daemon_argv(self) -> list:
+        return ["unshare", "--uts", sys.executable, "-c", _EXEC_AS, self.hostname, str(self.config)]

@@ -68,10 +68,14 @@ class HookdProcess:
         for var in ("INVOCATION_ID", "JOURNAL_STREAM", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC"):
             env.pop(var, None)
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "hookd.daemon", "--config", str(self.config)],
-                                         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+            self.proc = subprocess.Popen(self.daemon_argv(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         cwd=str(REPO))
         self.wait_notification("READY=1", timeout)
         return self
+
+    def daemon_argv(self) -> list:
+        """The daemon's command line (a subclass may run it behind a namespace tool)."""
+        return [sys.executable, "-m", "hookd.daemon", "--config", str(self.config)]
 
     def wait_notification(self, text: str, timeout: float = 10.0) -> str:
         """The first sd_notify line containing `text` (taken off the list), waiting up to
