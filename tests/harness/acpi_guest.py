@@ -11,16 +11,13 @@ their vermagic matches), busybox-static, and ``tests/harness/guest/init-acpi``.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import pathlib
 import re
 import shutil
-import tempfile
 
 from tests.harness.guest import (BUSYBOX_PACKAGE, GuestImage, _apt_download, _apt_with_update,
-                                 _extract_members, _Newc, _resolve_kernel_package)
+                                 _extract_members, _Newc, _resolve_kernel_package, build_cached_image)
 from tests.harness.libvirt_host import cache_root
 
 INIT_SCRIPT = pathlib.Path(__file__).with_name("guest") / "init-acpi"
@@ -35,27 +32,7 @@ def _recipe_key() -> str:
 
 
 def ensure_acpi_guest_image() -> GuestImage:
-    guest_dir = cache_root() / "guest-acpi"
-    final = guest_dir / f"img-{_recipe_key()}"
-    image = GuestImage(kernel=final / "vmlinuz", initrd=final / "initrd.img")
-    if (final / "manifest.json").exists():
-        return image
-    guest_dir.mkdir(parents=True, exist_ok=True)
-    with open(guest_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / "manifest.json").exists():
-            return image
-        for stale in guest_dir.glob(".build-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        build = pathlib.Path(tempfile.mkdtemp(prefix=".build-", dir=guest_dir))
-        try:
-            _build_into(build)
-            os.chmod(build, 0o755)
-            os.rename(build, final)
-        except BaseException:
-            shutil.rmtree(build, ignore_errors=True)
-            raise
-    return image
+    return build_cached_image(cache_root() / "guest-acpi" / f"img-{_recipe_key()}", _build_into)
 
 
 def _build_into(build: pathlib.Path) -> None:

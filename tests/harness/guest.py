@@ -171,7 +171,14 @@ def ensure_guest_image(cache_dir: pathlib.Path | None = None) -> GuestImage:
     cache_dir defaults to $HOOKD_TEST_CACHE/guest (/var/cache/hookd-tests/guest).
     """
     guest_dir = pathlib.Path(cache_dir) if cache_dir is not None else cache_root() / "guest"
-    final = guest_dir / f"img-{_recipe_key()}"
+    return build_cached_image(guest_dir / f"img-{_recipe_key()}", _build_into)
+
+
+def build_cached_image(final: pathlib.Path, build_into) -> GuestImage:
+    """The image in directory `final`, built first by build_into(tmpdir) if it has no
+    manifest.json yet: one builder at a time (a lock beside it), into a temporary directory
+    renamed into place, so a reader never sees half an image."""
+    guest_dir = final.parent
     image = GuestImage(kernel=final / "vmlinuz", initrd=final / "initrd.img")
     if (final / "manifest.json").exists():
         return image
@@ -184,7 +191,7 @@ def ensure_guest_image(cache_dir: pathlib.Path | None = None) -> GuestImage:
             shutil.rmtree(stale, ignore_errors=True)
         build = pathlib.Path(tempfile.mkdtemp(prefix=".build-", dir=guest_dir))
         try:
-            _build_into(build)
+            build_into(build)
             os.chmod(build, 0o755)
             os.rename(build, final)
         except BaseException:
