@@ -132,6 +132,9 @@ class WorkerSupervisor:
         self._channel = Channel(reader, writer, incoming=m.FROM_WORKER, handlers=self._handlers,
                                 peer="the libvirt worker", log=log)
         self._down_reason = None
+        # What the previous worker reported is not this one's: until the new process says
+        # it is connected (and subscribed to events), status must not claim it is.
+        self._reported["events"] = dict(self._reported["events"], connected=False)
         self._reader_task = asyncio.create_task(self._read(self._channel, proc))
         try:
             self._pidfd = os.pidfd_open(proc.pid)
